@@ -1,0 +1,137 @@
+#!/usr/bin/env bash
+# Builds the real control-plane parts the tests run against, through the Go module
+# proxy, and caches each binary by version so a second run (or a fresh clone on the
+# same machine) reuses it.
+#
+#   e2e/tools.sh [etcd|kube-apiserver|kubectl|helm|all]   prints nothing but progress
+#   e2e/tools.sh path NAME                                 prints the cached binary path
+set -euo pipefail
+
+ETCD_VERSION=${ETCD_VERSION:-v3.6.16}
+KUBE_VERSION=${KUBE_VERSION:-v1.37.2}
+HELM_VERSION=${HELM_VERSION:-v3.22.0}
+
+CACHE=${XDG_CACHE_HOME:-$HOME/.cache}/kube-acme-dns
+BIN=$CACHE/bin
+SRC=$CACHE/src
+mkdir -p "$BIN" "$SRC"
+
+say() { printf '[tools] %s\n' "$*" >&2; }
+
+binary_path() {
+  case $1 in
+    etcd) echo "$BIN/etcd-$ETCD_VERSION" ;;
+    kube-apiserver | kubectl) echo "$BIN/$1-$KUBE_VERSION" ;;
+    helm) echo "$BIN/helm-$HELM_VERSION" ;;
+    *) echo "unknown tool: $1" >&2; return 2 ;;
+  esac
+}
+
+need_go() {
+  command -v go >/dev/null || { say "Go is required (https://go.dev/doc/install)"; exit 1; }
+}
+
+# Runs a long go build while printing a line every 30 s, so a slow first run is visibly alive.
+with_progress() {
+  local what=$1; shift
+  local start=$SECONDS
+  "$@" &
+  local pid=$!
+  while kill -0 "$pid" 2>/dev/null; do
+    sleep 5
+    if (( (SECONDS - start) % 30 < 5 )) && kill -0 "$pid" 2>/dev/null; then
+      say "$what: still building ($((SECONDS - start)) s)"
+    fi
+  done
+  wait "$pid"
+  say "$what: built in $((SECONDS - start)) s"
+}
+
+# A wrapper module that requires k8s.io/kubernetes and points every staging module
+# (its go.mod replaces them with ./staging/...) at the published v0.x.y release.
+kube_module() {
+  local dir=$SRC/kubernetes-$KUBE_VERSION
+  if [[ ! -f $dir/.ready ]]; then
+    say "preparing the kubernetes $KUBE_VERSION wrapper module"
+    rm -rf "$dir"; mkdir -p "$dir"
+    local staging=v0.${KUBE_VERSION#v1.}
+    local kmod
+    kmod=$(cd "$dir" && GOFLAGS=-mod=mod go mod download -json "k8s.io/kubernetes@$KUBE_VERSION" |
+      sed -n 's/.*"GoMod": "\(.*\)".*/\1/p')
+    local goline
+    goline=$(grep -m1 '^go ' "$kmod")
+    {
+      echo "module kube-acme-dns.local/kubernetes-tools"
+      echo
+      echo "$goline"
+      echo
+      echo "require k8s.io/kubernetes $KUBE_VERSION"
+      echo
+      echo "replace ("
+      sed -n 's#^\s*\(k8s\.io/[a-z0-9-]*\) => \./staging/.*#\t\1 => \1 '"$staging"'#p' "$kmod"
+      echo ")"
+    } >"$dir/go.mod"
+    (cd "$dir" && go get -tool "k8s.io/kubernetes/cmd/kube-apiserver@$KUBE_VERSION" \
+      "k8s.io/kubernetes/cmd/kubectl@$KUBE_VERSION")
+    touch "$dir/.ready"
+  fi
+  echo "$dir"
+}
+
+build_kube() {
+  local name=$1 out
+  out=$(binary_path "$name")
+  [[ -x $out ]] && return 0
+  need_go
+  local dir
+  dir=$(kube_module)
+  say "building $name $KUBE_VERSION (first time only; takes several minutes)"
+  (cd "$dir" && with_progress "$name" go build -trimpath -ldflags=-s -o "$out.tmp" "k8s.io/kubernetes/cmd/$name")
+  mv "$out.tmp" "$out"
+}
+
+# etcd's own go.mod replaces its sibling modules with ../ paths, so `go install` refuses
+# it; a wrapper module that requires the server module builds it.
+build_etcd() {
+  local out
+  out=$(binary_path etcd)
+  [[ -x $out ]] && return 0
+  need_go
+  local dir=$SRC/etcd-$ETCD_VERSION
+  if [[ ! -f $dir/.ready ]]; then
+    rm -rf "$dir"; mkdir -p "$dir"
+    printf 'module kube-acme-dns.local/etcd-tools\n\ngo 1.24\n' >"$dir/go.mod"
+    (cd "$dir" && go get -tool "go.etcd.io/etcd/server/v3@$ETCD_VERSION")
+    touch "$dir/.ready"
+  fi
+  say "building etcd $ETCD_VERSION (first time only)"
+  (cd "$dir" && with_progress etcd go build -trimpath -ldflags=-s -o "$out.tmp" go.etcd.io/etcd/server/v3)
+  mv "$out.tmp" "$out"
+}
+
+build_helm() {
+  local out
+  out=$(binary_path helm)
+  [[ -x $out ]] && return 0
+  need_go
+  say "building helm $HELM_VERSION (first time only)"
+  local gobin=$SRC/helm-$HELM_VERSION
+  mkdir -p "$gobin"
+  with_progress helm env GOBIN="$gobin" go install -trimpath -ldflags=-s "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
+  mv "$gobin/helm" "$out"
+}
+
+build() {
+  case $1 in
+    etcd) build_etcd ;;
+    kube-apiserver | kubectl) build_kube "$1" ;;
+    helm) build_helm ;;
+    all) build_etcd; build_kube kube-apiserver; build_kube kubectl; build_helm ;;
+    *) echo "unknown tool: $1" >&2; exit 2 ;;
+  esac
+}
+
+case ${1:-all} in
+  path) binary_path "$2" ;;
+  *) for t in "${@:-all}"; do build "$t"; done ;;
+esac

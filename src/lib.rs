@@ -1,0 +1,8 @@
+//! kube-acme-dns: a Kubernetes-native ACME-DNS.
+//!
+//! One binary with several roles, each in its own module; `main.rs` only parses flags
+//! and starts the roles that are enabled.
+
+pub mod api;
+pub mod serve;
+pub mod telemetry;
