@@ -86,7 +86,16 @@ build_kube() {
   local dir
   dir=$(kube_module)
   say "building $name $KUBE_VERSION (first time only; takes several minutes)"
-  (cd "$dir" && with_progress "$name" go build -trimpath -ldflags=-s -o "$out.tmp" "k8s.io/kubernetes/cmd/$name")
+  # Without these the binaries report v0.0.0-master, which `kubectl version` cannot parse
+  # and which fails helm's kubeVersion checks; the values mirror hack/lib/version.sh.
+  local minor=${KUBE_VERSION#v1.}
+  minor=${minor%%.*}
+  local ldflags="-s"
+  for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    ldflags+=" -X '$pkg.gitVersion=$KUBE_VERSION' -X '$pkg.gitMajor=1' -X '$pkg.gitMinor=$minor'"
+    ldflags+=" -X '$pkg.gitTreeState=clean'"
+  done
+  (cd "$dir" && with_progress "$name" go build -trimpath -ldflags="$ldflags" -o "$out.tmp" "k8s.io/kubernetes/cmd/$name")
   mv "$out.tmp" "$out"
 }
 

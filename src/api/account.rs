@@ -126,8 +126,9 @@ pub struct TxtValue {
 
 /// The CEL rules below give messages a user can act on; a bare OpenAPI `pattern` would
 /// only echo the regular expression back.
+// `[.]` rather than `\.`: CEL string literals reject the `\.` escape.
 const DOMAIN_RE: &str =
-    r"^([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?\.)*[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$";
+    r"^([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?[.])*[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$";
 const LABEL_RE: &str = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$";
 
 /// A DNS name the account answers for, e.g. `example.com` (lowercase, no trailing dot).

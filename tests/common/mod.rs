@@ -7,12 +7,10 @@ use std::time::Duration;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::{
-    Api, Client, CustomResourceExt,
+    Api, Client,
     api::{Patch, PatchParams},
     runtime::{conditions, wait::await_condition},
 };
-
-use kube_acme_dns::api::AcmeDnsAccount;
 
 /// A client for the local control plane. Fails with what to run when there is none:
 /// these tests prove behaviour against a real API server and must not pass without one.
@@ -33,7 +31,7 @@ pub async fn client() -> Client {
 /// the API server serves it.
 pub async fn install_crd(client: &Client) {
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let crd = AcmeDnsAccount::crd();
+    let crd = kube_acme_dns::api::crd();
     let name = crd.metadata.name.clone().unwrap();
     crds.patch(
         &name,
@@ -65,4 +63,22 @@ pub fn unique_name(prefix: &str) -> String {
         std::process::id(),
         COUNTER.fetch_add(1, Ordering::Relaxed)
     )
+}
+
+/// Creates a namespace of its own for a test. There is no namespace controller in the
+/// local control plane to finalise deletions, so namespaces are left behind; their names
+/// are unique, and `make cluster-down` removes everything.
+pub async fn create_namespace(client: &Client, prefix: &str) -> String {
+    use k8s_openapi::api::core::v1::Namespace;
+    let name = unique_name(prefix);
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let namespace: Namespace = serde_json::from_value(serde_json::json!({
+        "metadata": { "name": name }
+    }))
+    .unwrap();
+    namespaces
+        .create(&Default::default(), &namespace)
+        .await
+        .expect("create a test namespace");
+    name
 }

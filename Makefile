@@ -1,0 +1,49 @@
+# The two commands a user needs are `make run` and `make test`; both install what they
+# need (Debian packages, Go-built control-plane binaries) and cache heavy builds under
+# $${XDG_CACHE_HOME:-$$HOME/.cache}/kube-acme-dns.
+
+SHELL := /bin/bash
+CARGO ?= cargo
+
+.PHONY: run test lint build generate deps tools cluster-up cluster-down cluster-env aggregation-check
+
+## run: start a local control plane, install the CRD and a sample account, run `serve`
+run: deps tools
+	@e2e/run.sh
+
+## test: lint, unit tests, and integration tests against a local control plane
+test: deps tools
+	@e2e/test.sh
+
+## lint: rustfmt and clippy, warnings are errors
+lint:
+	$(CARGO) fmt --check
+	$(CARGO) clippy --all-targets -- -D warnings
+
+build:
+	$(CARGO) build
+
+## generate: regenerate the CRD in crd/ and in the chart from the Rust types
+generate:
+	$(CARGO) run -q -- crd > crd/acmednsaccounts.yaml
+	cp crd/acmednsaccounts.yaml charts/kube-acme-dns/crds/acmednsaccounts.yaml
+
+deps:
+	@e2e/deps.sh
+
+## tools: build etcd, kube-apiserver, kubectl and helm through the Go module proxy (cached)
+tools:
+	@e2e/tools.sh etcd kube-apiserver kubectl helm
+
+cluster-up: deps tools
+	@e2e/cluster.sh up
+
+cluster-down:
+	@e2e/cluster.sh down
+
+## cluster-env: print `export KUBECONFIG=…` for the local control plane
+cluster-env:
+	@e2e/cluster.sh env
+
+aggregation-check:
+	@e2e/aggregation-check.sh

@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# `make test`: lint, then every test this machine can run, against a local control plane
+# started for the run (and stopped after it, unless it was already up). Ends with one
+# line `tests: N passed, N failed` counting every test that ran.
+set -euo pipefail
+
+E2E=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+cd "$(dirname "$E2E")"
+say() { printf '[test] %s\n' "$*" >&2; }
+
+passed=0
+failed=0
+record() { if [[ $1 == 0 ]]; then passed=$((passed + 1)); else failed=$((failed + 1)); fi; }
+
+started_cluster=false
+cleanup() {
+  if $started_cluster; then
+    e2e/cluster.sh down >/dev/null 2>&1 || say "could not stop the local control plane: run e2e/cluster.sh down"
+  fi
+}
+trap cleanup EXIT
+
+summary() { echo "tests: $passed passed, $failed failed"; }
+
+say "lint: cargo fmt --check, cargo clippy --all-targets -D warnings"
+if ! cargo fmt --check || ! cargo clippy --quiet --all-targets -- -D warnings; then
+  say "lint failed: run cargo fmt and fix the clippy findings above"
+  failed=1
+  summary
+  exit 1
+fi
+
+say "building the tests"
+cargo test --no-run --quiet 2>&1 | grep -v '^\s*Executable' >&2 || true
+
+if ! e2e/cluster.sh status >/dev/null 2>&1; then
+  say "starting the local control plane"
+  started_cluster=true
+  e2e/cluster.sh up
+fi
+eval "$(e2e/cluster.sh env)"
+
+say "aggregation layer: an APIService reaches an HTTPS server on loopback"
+set +e
+e2e/aggregation-check.sh
+record $?
+set -e
+
+say "cargo test (unit tests, and integration tests against the control plane)"
+log=$(mktemp)
+set +e
+cargo test --no-fail-fast 2>&1 | tee "$log"
+cargo_rc=${PIPESTATUS[0]}
+set -e
+# Sum cargo's per-binary "test result:" lines so the run ends with one total.
+read -r cp cf < <(awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i) ~ /^passed;?$/) p += $(i-1); if ($(i) ~ /^failed;?$/) f += $(i-1) } } END { print p+0, f+0 }' "$log")
+rm -f "$log"
+passed=$((passed + cp))
+failed=$((failed + cf))
+if [[ $cargo_rc != 0 && $cf == 0 ]]; then
+  failed=$((failed + 1)) # cargo failed before running tests (a build error)
+fi
+
+summary
+[[ $failed == 0 ]]
