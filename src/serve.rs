@@ -12,7 +12,7 @@ use std::{
 
 use anyhow::Context as _;
 use axum::{Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
-use futures::TryStreamExt;
+use futures::StreamExt;
 use kube::{
     Api, Client, ResourceExt,
     api::ListParams,
@@ -84,33 +84,33 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
 
     let (store, writer) = reflector::store();
     let synced = health.synced.clone();
+    // Errors from the watch are logged and retried with backoff, never fatal: when the
+    // API server goes away the last state seen stays in the store.
     let watch = reflector(writer, watcher(accounts, watcher::Config::default()))
         .default_backoff()
-        .try_for_each(move |event| {
-            match &event {
-                watcher::Event::Apply(account) => {
-                    info!(account = %qualified_name(account), subdomain = ?account.status.as_ref().and_then(|s| s.subdomain.as_ref()), "account applied");
+        .for_each(move |event| {
+            match event {
+                Ok(watcher::Event::Apply(account)) => {
+                    info!(account = %qualified_name(&account), subdomain = ?account.status.as_ref().and_then(|s| s.subdomain.as_ref()), "account applied");
                 }
-                watcher::Event::Delete(account) => {
-                    info!(account = %qualified_name(account), "account deleted");
+                Ok(watcher::Event::Delete(account)) => {
+                    info!(account = %qualified_name(&account), "account deleted");
                 }
-                watcher::Event::InitDone => {
+                Ok(watcher::Event::InitDone) => {
                     if !synced.swap(true, Ordering::SeqCst) {
                         info!(accounts = store.len(), "initial account sync complete");
                     }
                 }
-                watcher::Event::Init | watcher::Event::InitApply(_) => {}
+                Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => {}
+                Err(err) => warn!(%err, "AcmeDnsAccount watch failed; retrying with backoff"),
             }
             account_gauge.set(store.len() as i64);
-            futures::future::ready(Ok(()))
+            futures::future::ready(())
         });
 
     tokio::select! {
         result = http => result.context("metrics server failed")?,
-        result = watch => {
-            // default_backoff retries forever, so the watch only ends on a bug.
-            result.context("AcmeDnsAccount watch ended")?;
-        }
+        () = watch => anyhow::bail!("the AcmeDnsAccount watch ended, which it never should"),
     }
     info!("shut down");
     Ok(())

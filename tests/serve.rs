@@ -44,10 +44,13 @@ async fn get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
     Some((status, body))
 }
 
+/// Runs `serve` as the chart's ServiceAccount, so the test also proves the chart's RBAC
+/// is enough.
 fn spawn_serve(metrics: SocketAddr, namespace: &str) -> Child {
     Command::new(BIN)
         .args(["serve", "--metrics-addr", &metrics.to_string()])
         .args(["--watch-namespace", namespace])
+        .env("KUBECONFIG", common::chart_identity_kubeconfig())
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .kill_on_drop(true)

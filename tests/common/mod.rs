@@ -82,3 +82,103 @@ pub async fn create_namespace(client: &Client, prefix: &str) -> String {
         .expect("create a test namespace");
     name
 }
+
+/// Runs a command from PATH (kubectl and helm come from the local control plane's env)
+/// and returns its stdout, failing the test with its stderr.
+pub fn run(program: &str, args: &[&str], stdin: Option<&str>) -> String {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {program} (is the cluster env loaded?): {e}"));
+    if let Some(input) = stdin {
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+    }
+    drop(child.stdin.take());
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "{program} {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+pub const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/kube-acme-dns");
+pub const RELEASE: &str = "kad";
+pub const RELEASE_NAMESPACE: &str = "kube-acme-dns";
+
+/// Renders the chart as `helm install kad -n kube-acme-dns` would.
+pub fn render_chart(extra: &[&str]) -> String {
+    let mut args = vec![
+        "template",
+        RELEASE,
+        CHART,
+        "--namespace",
+        RELEASE_NAMESPACE,
+        "--kube-version",
+        "1.37.2",
+    ];
+    args.extend_from_slice(extra);
+    run("helm", &args, None)
+}
+
+/// Applies the chart's ServiceAccount and RBAC and writes a kubeconfig that
+/// authenticates as that ServiceAccount, so a process run with it proves the chart's
+/// RBAC is enough for what it does.
+pub fn chart_identity_kubeconfig() -> std::path::PathBuf {
+    let namespace = run(
+        "kubectl",
+        &[
+            "create",
+            "namespace",
+            RELEASE_NAMESPACE,
+            "--dry-run=client",
+            "-o",
+            "yaml",
+        ],
+        None,
+    );
+    run("kubectl", &["apply", "-f", "-"], Some(&namespace));
+    let identity = render_chart(&[
+        "--show-only",
+        "templates/serviceaccount.yaml",
+        "--show-only",
+        "templates/rbac.yaml",
+    ]);
+    run("kubectl", &["apply", "-f", "-"], Some(&identity));
+    let service_account = format!("{RELEASE}-kube-acme-dns");
+    let token = run(
+        "kubectl",
+        &[
+            "create",
+            "token",
+            &service_account,
+            "--namespace",
+            RELEASE_NAMESPACE,
+            "--duration",
+            "1h",
+        ],
+        None,
+    );
+
+    let mut kubeconfig = kube::config::Kubeconfig::read().expect("read the admin kubeconfig");
+    for auth in &mut kubeconfig.auth_infos {
+        auth.auth_info = Some(kube::config::AuthInfo {
+            token: Some(token.trim().to_string().into()),
+            ..Default::default()
+        });
+    }
+    let path = std::env::temp_dir().join(format!("{}.kubeconfig", unique_name("chart-sa")));
+    std::fs::write(&path, serde_yaml::to_string(&kubeconfig).unwrap()).unwrap();
+    path
+}
