@@ -36,11 +36,12 @@ with_progress() {
   local what=$1; shift
   local start=$SECONDS
   "$@" &
-  local pid=$!
+  local pid=$! next=$((SECONDS + 30))
   while kill -0 "$pid" 2>/dev/null; do
-    sleep 5
-    if (( (SECONDS - start) % 30 < 5 )) && kill -0 "$pid" 2>/dev/null; then
+    sleep 2
+    if ((SECONDS >= next)) && kill -0 "$pid" 2>/dev/null; then
       say "$what: still building ($((SECONDS - start)) s)"
+      next=$((SECONDS + 30))
     fi
   done
   wait "$pid"

@@ -4,5 +4,7 @@
 //! and starts the roles that are enabled.
 
 pub mod api;
+pub mod dns;
+pub mod index;
 pub mod serve;
 pub mod telemetry;

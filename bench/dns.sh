@@ -1,0 +1,607 @@
+#!/usr/bin/env bash
+# `make bench-dns`: answers per second and latency of TXT answers from three authoritative
+# servers on this machine, in the same run, measured with dnsperf: Knot DNS, BIND 9 and
+# ours (the `bench_server` example of this crate). Each serves the zone auth.bench.test.
+# with N names a<i>.auth.bench.test. holding one TXT "v<i, zero-padded to 42 digits>"
+# (TTL 1, the size of an ACME DNS-01 digest), plus SOA, NS and the NS host's A record.
+#
+# Writes bench/results/dns-<date>.md. Per-run state (zones, configs, logs, raw dnsperf
+# output) lives in bench/.work/run and is replaced by the next run.
+#
+# Settings (environment):
+#   BENCH_SERVERS="knot bind ours"   which servers to measure
+#   BENCH_SIZES="1000 100000"        numbers of names
+#   BENCH_SECONDS=20                 length of each throughput run
+#   BENCH_WARMUP=2                   seconds of unmeasured load before each throughput run
+#   BENCH_ROUNDS=1                   throughput runs per server and size (median reported)
+#   BENCH_QUERIES=100000             lines in the query file (at least N)
+#   BENCH_CLIENTS=4 BENCH_THREADS=2 BENCH_OUTSTANDING=500   dnsperf -c, -T, -q
+#   BENCH_LATENCY_QPS=20000 BENCH_LATENCY_SECONDS=10        fixed-rate latency run
+#   BENCH_SEED=1                     seed of the query order and of the checked sample
+#   BENCH_RESULTS=path               results file (default bench/results/dns-<date>.md)
+#   CARGO=cargo                      cargo used to build our bench_server
+set -euo pipefail
+
+BENCH=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(dirname "$BENCH")
+
+SERVERS=${BENCH_SERVERS:-knot bind ours}
+SIZES=${BENCH_SIZES:-1000 100000}
+DURATION=${BENCH_SECONDS:-20}
+WARMUP=${BENCH_WARMUP:-2}
+ROUNDS=${BENCH_ROUNDS:-1}
+QUERIES=${BENCH_QUERIES:-100000}
+CLIENTS=${BENCH_CLIENTS:-4}
+THREADS=${BENCH_THREADS:-2}
+OUTSTANDING=${BENCH_OUTSTANDING:-500}
+LAT_QPS=${BENCH_LATENCY_QPS:-20000}
+LAT_SECONDS=${BENCH_LATENCY_SECONDS:-10}
+SEED=${BENCH_SEED:-1}
+CARGO=${CARGO:-cargo}
+TODAY=$(date +%F)
+RESULTS=${BENCH_RESULTS:-$BENCH/results/dns-$TODAY.md}
+
+ZONE=auth.bench.test
+WORKERS=2 # server worker threads: one per core of the 2-core machine this targets
+WORK=$BENCH/.work/run
+CLK_TCK=$(getconf CLK_TCK)
+
+say() { printf '[bench] %s\n' "$*" >&2; }
+die() { say "error: $*"; exit 1; }
+
+for s in $SERVERS; do
+  case $s in knot | bind | ours) ;; *) die "unknown server '$s' in BENCH_SERVERS (knot, bind, ours)" ;; esac
+done
+selected() { [[ " $SERVERS " == *" $1 "* ]]; }
+
+# --- Debian packages, only those missing -------------------------------------------------
+
+ensure_packages() {
+  local packages=(dnsperf knot bind9 knot-dnsutils bind9-dnsutils python3) missing=() p
+  for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  ((${#missing[@]} == 0)) && return 0
+  say "installing Debian packages: ${missing[*]}"
+  local sudo=
+  if [[ $(id -u) != 0 ]]; then
+    command -v sudo >/dev/null || die "need root or sudo to install: ${missing[*]}"
+    sudo=sudo
+  fi
+  # Debian starts knot.service / named.service after install unless policy-rc.d forbids
+  # it. Those system instances (port 53, /etc/knot, /etc/bind) are left alone: every
+  # server here runs from its own config on its own loopback port.
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+pkg_version() { dpkg-query -W -f='${Version}' "$1" 2>/dev/null || echo "?"; }
+
+# --- processes we start: tracked by pid, stopped on exit ---------------------------------
+
+declare -A PID=()  # server -> pid
+stop_pid() {
+  local pid=$1 i
+  kill -0 "$pid" 2>/dev/null || return 0
+  kill -TERM "$pid" 2>/dev/null || true
+  for ((i = 0; i < 50; i++)); do
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null
+  wait "$pid" 2>/dev/null || true
+}
+stop_servers() {
+  local s
+  for s in "${!PID[@]}"; do
+    stop_pid "${PID[$s]}"
+    rm -f "$WORK/$s.pid"
+    unset "PID[$s]"
+  done
+}
+# shellcheck disable=SC2317  # called by the trap
+cleanup() { stop_servers; }
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# A previous run killed without its trap may have left servers behind: stop those (only
+# processes whose command line names this work directory).
+stop_leftovers() {
+  local f pid
+  [[ -d $WORK ]] || return 0
+  for f in "$WORK"/*.pid; do
+    [[ -e $f ]] || continue
+    pid=$(<"$f")
+    if [[ $pid =~ ^[0-9]+$ ]] && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF "$WORK"; then
+      say "stopping server $pid left over from an earlier run"
+      kill -TERM "$pid" 2>/dev/null || true
+      sleep 1
+      kill -KILL "$pid" 2>/dev/null || true
+    fi
+    rm -f "$f"
+  done
+}
+
+# A 127.0.0.1 port that is free for both UDP and TCP right now.
+free_port() {
+  python3 - <<'PY'
+import socket
+for _ in range(100):
+    t = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    t.bind(("127.0.0.1", 0))
+    port = t.getsockname()[1]
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        u.bind(("127.0.0.1", port))
+    except OSError:
+        t.close()
+        continue
+    u.close()
+    t.close()
+    print(port)
+    break
+else:
+    raise SystemExit("no free port")
+PY
+}
+
+# --- data: zone file, query file, names to check -----------------------------------------
+
+# gen_data N DIR: DIR/$ZONE.zone, DIR/queries.txt (shuffled with a fixed seed, at least
+# $QUERIES lines, every name equally often), DIR/sample.txt (indices checked by kdig).
+gen_data() {
+  python3 - "$1" "$2" "$ZONE" "$QUERIES" "$SEED" <<'PY'
+import random, sys
+n, out, zone, queries, seed = int(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+with open(f"{out}/{zone}.zone", "w") as f:
+    f.write(f"$ORIGIN {zone}.\n$TTL 60\n")
+    f.write(f"@\tIN\tSOA\tns.{zone}. hostmaster.{zone}. 1 3600 600 86400 60\n")
+    f.write(f"@\tIN\tNS\tns.{zone}.\n")
+    f.write("ns\tIN\tA\t127.0.0.1\n")
+    for i in range(n):
+        f.write(f'a{i}\t1\tIN\tTXT\t"v{i:042d}"\n')
+rng = random.Random(seed)
+lines = max(queries, n)
+names = [f"a{i}.{zone} TXT\n" for i in range(n)]
+with open(f"{out}/queries.txt", "w") as f:
+    written = 0
+    while written < lines:
+        rng.shuffle(names)
+        take = min(n, lines - written)
+        f.writelines(names[:take])
+        written += take
+check = random.Random(seed + 1)
+sample = sorted({0, n - 1, *check.sample(range(n), min(20, n))})
+with open(f"{out}/sample.txt", "w") as f:
+    f.write("".join(f"{i}\n" for i in sample))
+PY
+}
+
+# --- servers -----------------------------------------------------------------------------
+
+start_knot() { # N DIR PORT
+  local n=$1 dir=$2 port=$3
+  mkdir -p "$dir/db"
+  # Block-style YAML only: knotd rejects flow maps.
+  cat >"$dir/knot.conf" <<EOF
+server:
+    rundir: "$dir"
+    listen: 127.0.0.1@$port
+    udp-workers: $WORKERS
+    tcp-workers: 1
+    background-workers: 1
+
+log:
+  - target: "$dir/knotd.log"
+    any: info
+
+database:
+    storage: "$dir/db"
+
+control:
+    listen: "$dir/knot.sock"
+
+template:
+  - id: default
+    storage: "$WORK/data-$n"
+    file: "%s.zone"
+    zonefile-sync: -1
+    zonefile-load: whole
+    journal-content: none
+
+zone:
+  - domain: $ZONE.
+EOF
+  knotc -c "$dir/knot.conf" conf-check >/dev/null || die "knot config rejected: $dir/knot.conf"
+  knotd -c "$dir/knot.conf" >"$dir/stdout.log" 2>&1 &
+  PID[knot]=$!
+}
+
+start_bind() { # N DIR PORT
+  local n=$1 dir=$2 port=$3
+  # minimal-responses yes: no NS/glue in positive answers, so BIND's answers have the
+  # same size as Knot's (Knot sends minimal answers by default).
+  cat >"$dir/named.conf" <<EOF
+options {
+    directory "$dir";
+    pid-file "$dir/named.pid";
+    session-keyfile "$dir/session.key";
+    listen-on port $port { 127.0.0.1; };
+    listen-on-v6 { none; };
+    recursion no;
+    minimal-responses yes;
+    dnssec-validation no;
+    notify no;
+};
+controls { };
+zone "$ZONE" {
+    type primary;
+    file "$WORK/data-$n/$ZONE.zone";
+};
+EOF
+  named-checkconf "$dir/named.conf" || die "named config rejected: $dir/named.conf"
+  # -g: foreground, log to stderr; -n: worker threads.
+  named -g -4 -n "$WORKERS" -c "$dir/named.conf" >"$dir/named.log" 2>&1 &
+  PID[bind]=$!
+}
+
+OURS_BIN=
+OURS_STATUS=   # "" when not selected, "built", or why it is missing
+OURS_REV=
+build_ours() {
+  local log=$WORK/cargo-build.log
+  OURS_REV=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo "?")
+  if [[ -n $(git -C "$ROOT" status --porcelain 2>/dev/null) ]]; then OURS_REV+=" + uncommitted changes"; fi
+  say "ours: $CARGO build --release --example bench_server (log: ${log#"$ROOT"/})"
+  if (cd "$ROOT" && $CARGO build --release --example bench_server) >"$log" 2>&1; then
+    OURS_BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/examples/bench_server
+    [[ $OURS_BIN == /* ]] || OURS_BIN=$ROOT/$OURS_BIN
+    if [[ -x $OURS_BIN ]]; then
+      OURS_STATUS=built
+      return 0
+    fi
+    OURS_STATUS="not built (cargo succeeded but $OURS_BIN is missing)"
+  else
+    OURS_STATUS="not built (cargo build --release --example bench_server failed)"
+  fi
+  OURS_BIN=
+  say "ours: $OURS_STATUS; last lines of the build log:"
+  tail -n 5 "$log" | sed 's/^/    /' >&2
+}
+
+start_ours() { # N DIR PORT
+  local n=$1 dir=$2 port=$3
+  "$OURS_BIN" --names "$n" --listen "127.0.0.1:$port" --zone "$ZONE" >"$dir/bench_server.log" 2>&1 &
+  PID[ours]=$!
+}
+
+server_log() {
+  case $1 in
+    knot) echo "$2/knotd.log" ;;
+    bind) echo "$2/named.log" ;;
+    ours) echo "$2/bench_server.log" ;;
+  esac
+}
+
+# wait_ready SERVER DIR PORT: until it answers SOA for the zone (60 s at most).
+wait_ready() {
+  local s=$1 dir=$2 port=$3 i
+  for ((i = 0; i < 600; i++)); do
+    if ! kill -0 "${PID[$s]}" 2>/dev/null; then
+      say "$s exited during start-up; log tail:"
+      tail -n 20 "$(server_log "$s" "$dir")" >&2 || true
+      unset "PID[$s]"
+      return 1
+    fi
+    if kdig @127.0.0.1 -p "$port" +time=1 +retry=0 +norec "$ZONE." SOA 2>/dev/null | grep -q 'status: NOERROR'; then
+      return 0
+    fi
+    sleep 0.1
+  done
+  say "$s did not answer SOA $ZONE. on port $port within 60 s; log tail:"
+  tail -n 20 "$(server_log "$s" "$dir")" >&2 || true
+  return 1
+}
+
+# verify SERVER PORT N: the sampled names answer NOERROR, AA, exactly one TXT with the
+# expected value and TTL 1; a name past the end is NXDOMAIN. Prints what was wrong.
+verify() {
+  local s=$1 port=$2 n=$3 i out want bad=0
+  while read -r i; do
+    want="v$(printf '%042d' "$i")"
+    out=$(kdig @127.0.0.1 -p "$port" +time=2 +retry=1 +norec "a$i.$ZONE." TXT 2>&1) || true
+    if ! awk -v name="a$i.$ZONE." -v want="\"$want\"" '
+        /status: / { st = $0 }
+        /^;; Flags:/ { aa = ($0 ~ / aa[ ;]/); an = $0; sub(/.*ANSWER: /, "", an); sub(/;.*/, "", an) }
+        $1 == name && $4 == "TXT" { rr++; ok = ($2 == 1 && $5 == want) }
+        END { exit !(st ~ /status: NOERROR;/ && aa && an == 1 && rr == 1 && ok) }' <<<"$out"; then
+      say "$s: wrong answer for a$i.$ZONE. TXT (want NOERROR, aa, one TXT \"$want\" TTL 1):"
+      grep -vE '^;; (Time|From|Received)|^$' <<<"$out" | sed 's/^/    /' >&2
+      bad=1
+    fi
+  done <"$WORK/data-$n/sample.txt"
+  out=$(kdig @127.0.0.1 -p "$port" +time=2 +retry=1 +norec "a$n.$ZONE." TXT 2>&1) || true
+  if ! grep -q 'status: NXDOMAIN' <<<"$out"; then
+    say "$s: a$n.$ZONE. (does not exist) did not answer NXDOMAIN"
+    bad=1
+  fi
+  return "$bad"
+}
+
+rss_mib() { awk '/^VmRSS:/ { printf "%.0f", $2 / 1024 }' "/proc/$1/status" 2>/dev/null || echo "?"; }
+cpu_busy() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9 }' /proc/stat; }
+proc_cpu() { awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat" 2>/dev/null || echo 0; }
+now_ns() { date +%s%N; }
+# UDP datagrams the kernel dropped because a receive buffer was full (whole network namespace).
+udp_rcvbuf_errors() {
+  awk '$1 == "Udp:" { if (!h) { for (i = 2; i <= NF; i++) if ($i == "RcvbufErrors") c = i; h = 1 } else { print $c + 0; exit } }' /proc/net/snmp
+}
+
+# --- measurement -------------------------------------------------------------------------
+
+declare -A R=() # "<field>:<server>:<N>" -> value
+
+# run_dnsperf OUT PORT N ARGS...: dnsperf at the configured concurrency; writes OUT (stdout),
+# OUT.err, and OUT.cpu ("<dnsperf user+sys s> <wall s> <machine busy s> <server cpu s>
+# <UDP receive-buffer drops>").
+run_dnsperf() {
+  local out=$1 port=$2 n=$3 s=$4
+  shift 4
+  local t0 b0 p0 d0 t1 b1 p1 d1 rc=0 TIMEFORMAT='%U %S'
+  t0=$(now_ns) b0=$(cpu_busy) p0=$(proc_cpu "${PID[$s]}") d0=$(udp_rcvbuf_errors)
+  { time dnsperf -s 127.0.0.1 -p "$port" -d "$WORK/data-$n/queries.txt" \
+      -c "$CLIENTS" -T "$THREADS" "$@" >"$out" 2>"$out.err"; } 2>"$out.time" || rc=$?
+  t1=$(now_ns) b1=$(cpu_busy) p1=$(proc_cpu "${PID[$s]}") d1=$(udp_rcvbuf_errors)
+  awk -v t0="$t0" -v t1="$t1" -v b="$((b1 - b0))" -v p="$((p1 - p0))" -v hz="$CLK_TCK" -v d="$((d1 - d0))" \
+    '{ printf "%.3f %.3f %.3f %.3f %d\n", $1 + $2, (t1 - t0) / 1e9, b / hz, p / hz, d }' "$out.time" >"$out.cpu"
+  if ((rc != 0)); then
+    say "dnsperf failed ($rc):"
+    tail -n 5 "$out.err" >&2
+    return 1
+  fi
+}
+
+# field FILE REGEX AWK-FIELD: one number from dnsperf's statistics block.
+stat_field() { awk -v re="$2" -v f="$3" '$0 ~ re { v = $f; gsub(/[(),%]/, "", v); print v; exit }' "$1"; }
+
+measure() { # SERVER PORT N DIR
+  local s=$1 port=$2 n=$3 dir=$4 r out qps_list=() cpu_d wall busy cpu_s drops cnt p50 p90 p99 p999 lmax
+  say "$s, N=$n: warm-up ${WARMUP}s"
+  run_dnsperf "$dir/warmup.txt" "$port" "$n" "$s" -l "$WARMUP" -q "$OUTSTANDING" || return 1
+  for ((r = 1; r <= ROUNDS; r++)); do
+    out=$dir/throughput-$r.txt
+    say "$s, N=$n: throughput run $r/$ROUNDS, ${DURATION}s (dnsperf -c $CLIENTS -T $THREADS -q $OUTSTANDING)"
+    run_dnsperf "$out" "$port" "$n" "$s" -l "$DURATION" -q "$OUTSTANDING" || return 1
+    qps_list+=("$(stat_field "$out" 'Queries per second:' 4)")
+    say "$s, N=$n: $(printf '%.0f' "${qps_list[-1]}") qps"
+  done
+  # Report the round with the median qps, with its own latency and CPU figures.
+  local median_round
+  median_round=$(for r in "${!qps_list[@]}"; do echo "${qps_list[$r]} $((r + 1))"; done |
+    sort -g | awk '{ a[NR] = $2 } END { print a[int((NR + 1) / 2)] }')
+  out=$dir/throughput-$median_round.txt
+  R[qps:$s:$n]=$(stat_field "$out" 'Queries per second:' 4)
+  R[rounds:$s:$n]=$(printf '%s\n' "${qps_list[@]}" | awk '{ printf "%s%.0f", (NR > 1 ? ", " : ""), $1 }')
+  R[sent:$s:$n]=$(stat_field "$out" 'Queries sent:' 3)
+  R[lost:$s:$n]=$(stat_field "$out" 'Queries lost:' 4)
+  R[avg:$s:$n]=$(stat_field "$out" 'Average Latency' 4)
+  R[stddev:$s:$n]=$(stat_field "$out" 'Latency StdDev' 4)
+  R[rcodes:$s:$n]=$(awk '/Response codes:/ { sub(/.*Response codes: */, ""); print; exit }' "$out")
+  R[size:$s:$n]=$(awk '/Average packet size:/ { print $7; exit }' "$out")
+  read -r cpu_d wall busy cpu_s drops <"$out.cpu"
+  R[drops:$s:$n]=$drops
+  R[percore:$s:$n]=$(awk -v q="${R[qps:$s:$n]}" -v a="$cpu_s" -v w="$wall" 'BEGIN { if (a > 0) printf "%.0f", q / (a / w); else print "-" }')
+  R[srvcpu:$s:$n]=$(awk -v a="$cpu_s" -v w="$wall" 'BEGIN { printf "%.2f", a / w }')
+  R[perfcpu:$s:$n]=$(awk -v a="$cpu_d" -v w="$wall" 'BEGIN { printf "%.2f", a / w }')
+  R[othercpu:$s:$n]=$(awk -v b="$busy" -v a="$cpu_s" -v d="$cpu_d" -v w="$wall" \
+    'BEGIN { o = (b - a - d) / w; if (o < 0) o = 0; printf "%.2f", o }')
+
+  out=$dir/latency.txt
+  say "$s, N=$n: latency run, ${LAT_SECONDS}s at $LAT_QPS qps (dnsperf -Q $LAT_QPS -v)"
+  run_dnsperf "$out" "$port" "$n" "$s" -l "$LAT_SECONDS" -Q "$LAT_QPS" -q "$OUTSTANDING" -v || return 1
+  # Nearest-rank percentiles over every completed query's latency (dnsperf -v prints one
+  # "> RCODE name type seconds" line per answer, to the microsecond).
+  read -r cnt p50 p90 p99 p999 lmax < <(awk '/^> / { print $NF }' "$out" | sort -g | awk '
+    { v[NR] = $1 }
+    function pct(p,  k) { k = int(p * NR + 0.999999); if (k < 1) k = 1; return v[k] * 1e6 }
+    END { if (NR == 0) { print 0, "-", "-", "-", "-", "-"; exit }
+          printf "%d %.0f %.0f %.0f %.0f %.0f\n", NR, pct(0.50), pct(0.90), pct(0.99), pct(0.999), v[NR] * 1e6 }')
+  R[latn:$s:$n]=$cnt
+  R[latqps:$s:$n]=$(stat_field "$out" 'Queries per second:' 4)
+  R[latlost:$s:$n]=$(stat_field "$out" 'Queries lost:' 4)
+  R[latrcodes:$s:$n]=$(awk '/Response codes:/ { sub(/.*Response codes: */, ""); print; exit }' "$out")
+  R[p50:$s:$n]=$p50 R[p90:$s:$n]=$p90 R[p99:$s:$n]=$p99 R[p999:$s:$n]=$p999 R[lmax:$s:$n]=$lmax
+  # Keep the raw per-query lines out of the work directory's size budget.
+  awk '!/^> /' "$out" >"$out.tmp" && mv "$out.tmp" "$out"
+  say "$s, N=$n: p50 ${p50}µs p99 ${p99}µs at $LAT_QPS qps"
+}
+
+# --- main --------------------------------------------------------------------------------
+
+ensure_packages
+stop_leftovers
+rm -rf "$WORK"
+mkdir -p "$WORK" "$(dirname "$RESULTS")"
+say "work directory: ${WORK#"$ROOT"/}"
+
+if selected ours; then build_ours; fi
+
+# Only informative: system instances (e.g. started by apt) keep their own ports and files.
+for prog in knotd named; do
+  if pids=$(pgrep -x "$prog" 2>/dev/null); then
+    say "note: $prog is already running (pid $(echo "$pids" | tr '\n' ' ')), e.g. as a system service; left alone, not used"
+  fi
+done
+
+LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
+STARTED_AT=$(date -u '+%Y-%m-%d %H:%M UTC')
+declare -A STATUS=() # "<server>:<N>" -> measured | why not
+FAILED=0
+
+for n in $SIZES; do
+  [[ $n =~ ^[1-9][0-9]*$ ]] || die "BENCH_SIZES must be positive integers, got '$n'"
+  say "N=$n: generating zone and query file"
+  mkdir -p "$WORK/data-$n"
+  gen_data "$n" "$WORK/data-$n"
+  # All selected servers run side by side for this size; only one is under load at a time.
+  declare -A PORT=()
+  for s in $SERVERS; do
+    if [[ $s == ours && $OURS_STATUS != built ]]; then
+      STATUS[$s:$n]=$OURS_STATUS
+      continue
+    fi
+    dir=$WORK/$s-$n
+    mkdir -p "$dir"
+    PORT[$s]=$(free_port)
+    say "$s, N=$n: starting on 127.0.0.1:${PORT[$s]}"
+    case $s in
+      knot) start_knot "$n" "$dir" "${PORT[$s]}" ;;
+      bind) start_bind "$n" "$dir" "${PORT[$s]}" ;;
+      ours) start_ours "$n" "$dir" "${PORT[$s]}" ;;
+    esac
+    echo "${PID[$s]}" >"$WORK/$s.pid"
+    t0=$(now_ns)
+    if ! wait_ready "$s" "$dir" "${PORT[$s]}"; then
+      STATUS[$s:$n]="failed to start"
+      FAILED=1
+      continue
+    fi
+    R[startup:$s:$n]=$(awk -v a="$t0" -v b="$(now_ns)" 'BEGIN { printf "%.1f", (b - a) / 1e9 }')
+    R[rss:$s:$n]=$(rss_mib "${PID[$s]}")
+    say "$s, N=$n: answering after ${R[startup:$s:$n]}s, RSS ${R[rss:$s:$n]} MiB; checking answers"
+    if ! verify "$s" "${PORT[$s]}" "$n"; then
+      STATUS[$s:$n]="wrong answers (see log); not measured"
+      FAILED=1
+      continue
+    fi
+    STATUS[$s:$n]=ready
+  done
+  for s in $SERVERS; do
+    [[ ${STATUS[$s:$n]} == ready ]] || continue
+    if measure "$s" "${PORT[$s]}" "$n" "$WORK/$s-$n"; then
+      STATUS[$s:$n]=measured
+      R[rss_after:$s:$n]=$(rss_mib "${PID[$s]}")
+    else
+      STATUS[$s:$n]="dnsperf failed"
+      FAILED=1
+    fi
+  done
+  stop_servers
+  unset PORT
+done
+LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
+
+# --- report ------------------------------------------------------------------------------
+
+name_of() {
+  case $1 in
+    knot) echo "Knot DNS" ;;
+    bind) echo "BIND 9" ;;
+    ours) echo "ours (bench_server)" ;;
+  esac
+}
+fmt_int() { awk -v v="$1" 'BEGIN { if (v == "") print "-"; else printf "%.0f", v }'; }
+us() { awk -v v="$1" 'BEGIN { if (v == "") print "-"; else printf "%.0f", v * 1e6 }'; }
+ratio() {
+  awk -v a="$1" -v b="$2" 'BEGIN { if (a == "" || b == "" || b == 0) print "-"; else printf "%.2f", a / b }'
+}
+
+mem_total=$(awk '/^MemTotal:/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)
+cpu_model=$(awk -F': *' '/^model name/ { print $2; exit }' /proc/cpuinfo)
+os_name=$(awk -F= '/^PRETTY_NAME=/ { gsub(/"/, "", $2); print $2 }' /etc/os-release)
+
+{
+  echo "# DNS answer rate: Knot DNS, BIND 9 and ours — $TODAY"
+  echo
+  echo "Written by \`bench/dns.sh\` (\`make bench-dns\`), run started $STARTED_AT."
+  echo
+  echo "## Machine"
+  echo
+  echo "- CPU: $cpu_model, \`nproc\` = $(nproc)"
+  echo "- Memory: $mem_total"
+  echo "- Kernel: $(uname -r) ($os_name)"
+  echo "- Load average (1/5/15 min) at start: $LOAD_START; at end: $LOAD_END"
+  echo
+  echo "## Software"
+  echo
+  echo "- Knot DNS: $(knotd -V 2>&1 | awk '{ print $NF; exit }') (Debian package knot $(pkg_version knot))"
+  echo "- BIND 9: $(named -v 2>&1 | awk '{ print $2; exit }') (Debian package bind9 $(pkg_version bind9))"
+  echo "- dnsperf: $(dnsperf -h 2>&1 | awk '/^Version/ { print $2; exit }') (Debian package dnsperf $(pkg_version dnsperf))"
+  if selected ours; then
+    echo "- ours: \`cargo build --release --example bench_server\` at $OURS_REV — $OURS_STATUS"
+  else
+    echo "- ours: not selected (BENCH_SERVERS=\"$SERVERS\")"
+  fi
+  echo
+  echo "## Settings"
+  echo
+  echo "- Zone \`$ZONE.\`: N names \`a<i>.$ZONE.\`, each one TXT \`\"v<i zero-padded to 42 digits>\"\` (43 characters) with TTL 1;"
+  echo "  SOA (negative TTL 60) and NS \`ns.$ZONE.\` at the apex, \`ns.$ZONE. A 127.0.0.1\`. UDP over 127.0.0.1, no EDNS."
+  echo "- Query file: max($QUERIES, N) TXT queries for those names, every name equally often, in an order"
+  echo "  shuffled with a fixed seed ($SEED); dnsperf loops over it for the whole run."
+  echo "- Before measuring, each server must answer, for the first, the last and 20 random names, NOERROR"
+  echo "  with AA and exactly the expected TXT with TTL 1, and NXDOMAIN for a name past the end (kdig)."
+  echo "- Servers, $WORKERS worker threads each: Knot \`udp-workers: $WORKERS\`, \`tcp-workers: 1\`, \`background-workers: 1\`;"
+  echo "  BIND \`named -n $WORKERS\` with \`recursion no; minimal-responses yes;\` (same answer size as Knot's);"
+  echo "  ours \`bench_server --names N --listen 127.0.0.1:PORT --zone $ZONE\`. Configs and logs of the run: \`bench/.work/run/\`."
+  echo "- Throughput: ${WARMUP}s warm-up, then $ROUNDS × ${DURATION}s of \`dnsperf -c $CLIENTS -T $THREADS -q $OUTSTANDING -l $DURATION\`"
+  echo "  (median round reported). dnsperf runs on the same 2 cores as the server, so it takes CPU the server"
+  echo "  cannot use; the CPU columns show the split (cores busy on average over the run: server process,"
+  echo "  dnsperf, and everything else on the machine including softirq time not charged to a process)."
+  echo "  \"qps per server core\" is qps ÷ the server's own CPU use, the fairer comparison when dnsperf is the"
+  echo "  bottleneck. \"Unanswered\" includes the queries still outstanding (up to -q) when the time limit"
+  echo "  stops dnsperf; \"UDP receive-buffer drops\" is the kernel's RcvbufErrors counter over the run."
+  echo "- Latency: dnsperf 2.10 prints no percentiles, so a separate ${LAT_SECONDS}s run at a fixed $LAT_QPS queries/s"
+  echo "  (\`-Q $LAT_QPS -v\`, well below every server's capacity) logs each answer's latency (µs resolution);"
+  echo "  p50/p90/p99/p99.9 are nearest-rank percentiles over all of them. Latency at saturation is"
+  echo "  dominated by dnsperf's own queue (≈ outstanding ÷ qps); its average is the \"avg @ max\" column."
+  for n in $SIZES; do
+    echo
+    echo "## N = $n names"
+    echo
+    echo "| server | qps | avg @ max (µs) | p50 (µs) | p90 (µs) | p99 (µs) | p99.9 (µs) | CPU cores: server / dnsperf / other | qps per server core | RSS (MiB) | answer (B) |"
+    echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | :---: | ---: | ---: | ---: |"
+    for s in $SERVERS; do
+      st=${STATUS[$s:$n]:-not run}
+      if [[ $st != measured ]]; then
+        echo "| $(name_of "$s") | $st | | | | | | | | | |"
+        continue
+      fi
+      echo "| $(name_of "$s") | $(fmt_int "${R[qps:$s:$n]}") | $(us "${R[avg:$s:$n]}") | ${R[p50:$s:$n]} | ${R[p90:$s:$n]} | ${R[p99:$s:$n]} | ${R[p999:$s:$n]} | ${R[srvcpu:$s:$n]} / ${R[perfcpu:$s:$n]} / ${R[othercpu:$s:$n]} | ${R[percore:$s:$n]} | ${R[rss_after:$s:$n]} | ${R[size:$s:$n]} |"
+    done
+    echo
+    for s in $SERVERS; do
+      [[ ${STATUS[$s:$n]:-} == measured ]] || continue
+      echo "- $(name_of "$s"): qps per round ${R[rounds:$s:$n]}; ${R[sent:$s:$n]} queries sent, ${R[lost:$s:$n]}% unanswered," \
+        "${R[drops:$s:$n]} UDP receive-buffer drops; response codes ${R[rcodes:$s:$n]}; answering ${R[startup:$s:$n]}s after start." \
+        "Latency run: ${R[latn:$s:$n]} answers at $(fmt_int "${R[latqps:$s:$n]}") qps, ${R[latlost:$s:$n]}% unanswered, max $(fmt_int "${R[lmax:$s:$n]}") µs."
+    done
+    echo
+    q_ours=; q_knot=; q_bind=
+    [[ ${STATUS[ours:$n]:-} == measured ]] && q_ours=${R[qps:ours:$n]}
+    [[ ${STATUS[knot:$n]:-} == measured ]] && q_knot=${R[qps:knot:$n]}
+    [[ ${STATUS[bind:$n]:-} == measured ]] && q_bind=${R[qps:bind:$n]}
+    echo "Ratios: ours/Knot = $(ratio "$q_ours" "$q_knot"), ours/BIND = $(ratio "$q_ours" "$q_bind"), BIND/Knot = $(ratio "$q_bind" "$q_knot")."
+    echo
+    if [[ -n $q_ours && -n $q_knot && -n $q_bind ]]; then
+      verdict=$(awk -v o="$q_ours" -v k="$q_knot" -v b="$q_bind" \
+        'BEGIN { if (o >= b && o >= 0.8 * k) print "**met**"; else print "**not met**" }')
+    else
+      verdict="not evaluated (needs ours, Knot and BIND measured in this run)"
+    fi
+    echo "Target (ours ≥ 1.0× BIND and ≥ 0.8× Knot): $verdict."
+  done
+} >"$RESULTS"
+
+say "results: ${RESULTS#"$ROOT"/}"
+for n in $SIZES; do
+  for s in $SERVERS; do
+    if [[ ${STATUS[$s:$n]:-} == measured ]]; then
+      say "  N=$n $s: $(fmt_int "${R[qps:$s:$n]}") qps, avg $(us "${R[avg:$s:$n]}") µs at max, p50/p99 ${R[p50:$s:$n]}/${R[p99:$s:$n]} µs at $LAT_QPS qps"
+    else
+      say "  N=$n $s: ${STATUS[$s:$n]:-not run}"
+    fi
+  done
+done
+exit "$FAILED"

@@ -1,0 +1,522 @@
+//! Table tests of the pure answer function, one per row of the DNS behaviour table in
+//! DESIGN.md, with hickory-proto as an independent encoder and decoder.
+
+use std::str::FromStr;
+
+use hickory_proto::{
+    op::{Edns, Message, OpCode, Query, ResponseCode},
+    rr::{DNSClass, Name, RData, RecordType},
+};
+use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
+
+use super::*;
+use crate::{
+    api::{AcmeDnsAccount, AcmeDnsAccountSpec, AcmeDnsAccountStatus, DnsLabel, TxtValue},
+    index::AccountIndex,
+};
+
+const ACCOUNT: &str = "d420c923-bbd7-4056-ab64-c3ca54c9b3cf";
+const VALUES: [&str; 2] = [
+    "LPsIwTo7o8BoG0-vjCyGQGBWSVIPxI-i_X336eUOQZo",
+    "Xa8l9GzS4n2wVfO1Hk3sbbyGkqQ0D0y0Vg7d3lPPyvE",
+];
+
+fn zone() -> Zone {
+    let mut config = ZoneConfig::new("auth.example.test");
+    config.nameserver_addresses = vec![
+        "192.0.2.53".parse().unwrap(),
+        "2001:db8::53".parse().unwrap(),
+    ];
+    config.records = vec![
+        "api A 192.0.2.10".into(),
+        r#"@ CAA 0 issue "letsencrypt.org""#.into(),
+        "deep.sub A 192.0.2.11".into(),
+    ];
+    Zone::new(&config).unwrap()
+}
+
+fn account(label: &str, values: &[&str]) -> AcmeDnsAccount {
+    let mut account = AcmeDnsAccount::new(label, AcmeDnsAccountSpec::default());
+    account.metadata.namespace = Some("default".into());
+    account.status = Some(AcmeDnsAccountStatus {
+        subdomain: Some(DnsLabel(label.into())),
+        txt: values
+            .iter()
+            .map(|v| TxtValue {
+                value: v.to_string(),
+                updated_at: Time(Timestamp::UNIX_EPOCH),
+            })
+            .collect(),
+        ..Default::default()
+    });
+    account
+}
+
+fn index() -> AccountIndex {
+    let index = AccountIndex::new(1);
+    index.apply(&account(ACCOUNT, &VALUES));
+    index.apply(&account("empty", &[]));
+    index
+}
+
+fn query_bytes(name: &str, qtype: RecordType, edns: Option<u16>) -> Vec<u8> {
+    let mut message = Message::query();
+    message.metadata.id = 0x4242;
+    message.metadata.recursion_desired = true;
+    message.add_query(Query::query(Name::from_str(name).unwrap(), qtype));
+    if let Some(size) = edns {
+        let mut e = Edns::new();
+        e.set_max_payload(size);
+        message.set_edns(e);
+    }
+    message.to_vec().unwrap()
+}
+
+fn respond(packet: &[u8], transport: Transport) -> Option<(Answered, Vec<u8>)> {
+    let mut out = Vec::new();
+    answer(packet, &zone(), &index(), transport, &mut out).map(|a| (a, out))
+}
+
+fn ask(name: &str, qtype: RecordType) -> Message {
+    ask_with(name, qtype, Some(1232), Transport::Udp)
+}
+
+fn ask_with(name: &str, qtype: RecordType, edns: Option<u16>, transport: Transport) -> Message {
+    let (_, bytes) = respond(&query_bytes(name, qtype, edns), transport).expect("an answer");
+    let message = Message::from_vec(&bytes).expect("our answer decodes");
+    assert_eq!(message.metadata.id, 0x4242, "id echoed");
+    assert_eq!(message.queries.len(), 1, "question echoed");
+    message
+}
+
+fn txt_strings(message: &Message) -> Vec<String> {
+    message
+        .answers
+        .iter()
+        .map(|r| match &r.data {
+            RData::TXT(txt) => txt
+                .txt_data
+                .iter()
+                .map(|s| String::from_utf8_lossy(s).into_owned())
+                .collect::<String>(),
+            other => panic!("not TXT: {other:?}"),
+        })
+        .collect()
+}
+
+fn assert_negative(message: &Message, rcode: ResponseCode) {
+    assert_eq!(message.metadata.response_code, rcode);
+    assert!(message.metadata.authoritative);
+    assert!(message.answers.is_empty(), "{:?}", message.answers);
+    assert_eq!(message.authorities.len(), 1);
+    let soa = &message.authorities[0];
+    assert_eq!(soa.record_type(), RecordType::SOA);
+    assert_eq!(soa.name, Name::from_str("auth.example.test.").unwrap());
+    assert_eq!(soa.ttl, 60, "negative TTL is the SOA minimum");
+    match &soa.data {
+        RData::SOA(soa) => assert_eq!(soa.minimum, 60),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn txt_at_account_name_answers_every_value_authoritatively() {
+    let message = ask(&format!("{ACCOUNT}.auth.example.test."), RecordType::TXT);
+    assert_eq!(message.metadata.response_code, ResponseCode::NoError);
+    assert!(message.metadata.authoritative);
+    assert!(!message.metadata.recursion_available);
+    assert_eq!(txt_strings(&message), VALUES);
+    assert!(message.answers.iter().all(|r| r.ttl == 1));
+    assert!(message.authorities.is_empty());
+}
+
+#[test]
+fn nodata_for_existing_name_with_other_type() {
+    for qtype in [
+        RecordType::A,
+        RecordType::AAAA,
+        RecordType::CNAME,
+        RecordType::MX,
+    ] {
+        let message = ask(&format!("{ACCOUNT}.auth.example.test."), qtype);
+        assert_negative(&message, ResponseCode::NoError);
+    }
+}
+
+#[test]
+fn nodata_for_txt_at_account_without_values() {
+    assert_negative(
+        &ask("empty.auth.example.test.", RecordType::TXT),
+        ResponseCode::NoError,
+    );
+}
+
+#[test]
+fn nxdomain_with_soa_for_missing_name() {
+    assert_negative(
+        &ask("missing.auth.example.test.", RecordType::TXT),
+        ResponseCode::NXDomain,
+    );
+}
+
+#[test]
+fn nxdomain_below_an_account_name() {
+    let name = format!("x.{ACCOUNT}.auth.example.test.");
+    assert_negative(&ask(&name, RecordType::TXT), ResponseCode::NXDomain);
+}
+
+#[test]
+fn refused_outside_the_zone_even_with_recursion_desired() {
+    for name in ["example.com.", "example.test.", "xauth.example.test.", "."] {
+        let message = ask(name, RecordType::TXT);
+        assert_eq!(
+            message.metadata.response_code,
+            ResponseCode::Refused,
+            "{name}"
+        );
+        assert!(!message.metadata.authoritative);
+        assert!(!message.metadata.recursion_available);
+        assert!(message.answers.is_empty() && message.authorities.is_empty());
+    }
+}
+
+#[test]
+fn soa_at_apex() {
+    let message = ask("auth.example.test.", RecordType::SOA);
+    assert_eq!(message.metadata.response_code, ResponseCode::NoError);
+    assert_eq!(message.answers.len(), 1);
+    match &message.answers[0].data {
+        RData::SOA(soa) => {
+            assert_eq!(soa.mname, Name::from_str("ns.auth.example.test.").unwrap());
+            assert_eq!(
+                soa.rname,
+                Name::from_str("hostmaster.auth.example.test.").unwrap()
+            );
+            assert_eq!(soa.minimum, 60);
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn ns_at_apex_with_addresses_of_in_zone_name_server() {
+    let message = ask("auth.example.test.", RecordType::NS);
+    assert_eq!(message.answers.len(), 1);
+    match &message.answers[0].data {
+        RData::NS(ns) => assert_eq!(ns.0, Name::from_str("ns.auth.example.test.").unwrap()),
+        other => panic!("{other:?}"),
+    }
+    let glue: Vec<_> = message
+        .additionals
+        .iter()
+        .map(|r| (r.name.to_string(), r.record_type()))
+        .collect();
+    assert_eq!(
+        glue,
+        [
+            ("ns.auth.example.test.".to_string(), RecordType::A),
+            ("ns.auth.example.test.".to_string(), RecordType::AAAA),
+        ]
+    );
+}
+
+#[test]
+fn a_and_aaaa_of_the_name_server_host() {
+    let a = ask("ns.auth.example.test.", RecordType::A);
+    assert!(matches!(&a.answers[0].data, RData::A(ip) if ip.0.to_string() == "192.0.2.53"));
+    let aaaa = ask("ns.auth.example.test.", RecordType::AAAA);
+    assert!(matches!(&aaaa.answers[0].data, RData::AAAA(ip) if ip.0.to_string() == "2001:db8::53"));
+    assert_negative(
+        &ask("ns.auth.example.test.", RecordType::TXT),
+        ResponseCode::NoError,
+    );
+}
+
+#[test]
+fn static_records_from_configuration() {
+    let api = ask("api.auth.example.test.", RecordType::A);
+    assert!(matches!(&api.answers[0].data, RData::A(ip) if ip.0.to_string() == "192.0.2.10"));
+    let caa = ask("auth.example.test.", RecordType::CAA);
+    assert_eq!(caa.answers.len(), 1);
+    assert_eq!(caa.answers[0].record_type(), RecordType::CAA);
+    let deep = ask("deep.sub.auth.example.test.", RecordType::A);
+    assert_eq!(deep.answers.len(), 1);
+}
+
+#[test]
+fn empty_non_terminal_is_nodata_not_nxdomain() {
+    assert_negative(
+        &ask("sub.auth.example.test.", RecordType::A),
+        ResponseCode::NoError,
+    );
+}
+
+#[test]
+fn any_gets_a_minimal_answer() {
+    // RFC 8482: one synthesised HINFO instead of every record at the name.
+    for name in [
+        format!("{ACCOUNT}.auth.example.test."),
+        "auth.example.test.".into(),
+    ] {
+        let message = ask(&name, RecordType::ANY);
+        assert_eq!(message.answers.len(), 1, "{name}");
+        match &message.answers[0].data {
+            RData::HINFO(hinfo) => assert_eq!(&*hinfo.cpu, b"RFC8482"),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_negative(
+        &ask("missing.auth.example.test.", RecordType::ANY),
+        ResponseCode::NXDomain,
+    );
+}
+
+#[test]
+fn edns_is_echoed_with_our_payload_size_and_the_do_bit() {
+    let mut message = Message::from_vec(&query_bytes(
+        &format!("{ACCOUNT}.auth.example.test."),
+        RecordType::TXT,
+        Some(4096),
+    ))
+    .unwrap();
+    message.edns.as_mut().unwrap().set_dnssec_ok(true);
+    let (_, bytes) = respond(&message.to_vec().unwrap(), Transport::Udp).unwrap();
+    let response = Message::from_vec(&bytes).unwrap();
+    let edns = response.edns.expect("OPT in the response");
+    assert_eq!(edns.max_payload(), answer::MAX_UDP_PAYLOAD);
+    assert!(edns.flags().dnssec_ok, "DO copied (RFC 3225)");
+
+    let plain = ask_with("auth.example.test.", RecordType::SOA, None, Transport::Udp);
+    assert!(plain.edns.is_none(), "no OPT when the query had none");
+}
+
+fn big_index() -> (AccountIndex, Vec<String>) {
+    let values: Vec<String> = (0..20).map(|i| format!("{i:043}")).collect();
+    let refs: Vec<&str> = values.iter().map(String::as_str).collect();
+    let index = AccountIndex::new(1);
+    index.apply(&account("big", &refs));
+    (index, values)
+}
+
+#[test]
+fn tc_is_set_when_the_udp_answer_does_not_fit_the_client_buffer() {
+    let (index, values) = big_index();
+    for edns in [None, Some(512)] {
+        let query = query_bytes("big.auth.example.test.", RecordType::TXT, edns);
+        let mut out = Vec::new();
+        let answered = answer(&query, &zone(), &index, Transport::Udp, &mut out).unwrap();
+        assert!(answered.truncated);
+        assert!(
+            out.len() <= 512,
+            "{} bytes over a 512-byte buffer",
+            out.len()
+        );
+        let message = Message::from_vec(&out).unwrap();
+        assert!(message.metadata.truncation);
+        assert!(message.answers.is_empty());
+        assert_eq!(message.edns.is_some(), edns.is_some());
+    }
+    // A client with a larger buffer gets everything over UDP.
+    let query = query_bytes("big.auth.example.test.", RecordType::TXT, Some(1232));
+    let mut out = Vec::new();
+    answer(&query, &zone(), &index, Transport::Udp, &mut out).unwrap();
+    let message = Message::from_vec(&out).unwrap();
+    assert!(!message.metadata.truncation);
+    assert_eq!(txt_strings(&message), values);
+}
+
+#[test]
+fn tcp_answers_are_always_complete() {
+    let (index, values) = big_index();
+    let query = query_bytes("big.auth.example.test.", RecordType::TXT, None);
+    let mut out = Vec::new();
+    answer(&query, &zone(), &index, Transport::Tcp, &mut out).unwrap();
+    let message = Message::from_vec(&out).unwrap();
+    assert!(!message.metadata.truncation);
+    assert_eq!(txt_strings(&message), values);
+}
+
+#[test]
+fn the_question_is_echoed_in_the_case_it_was_asked() {
+    let mixed = format!("{}.AuTh.ExAmPlE.tEsT.", ACCOUNT.to_uppercase());
+    let query = query_bytes(&mixed, RecordType::TXT, Some(1232));
+    let (_, bytes) = respond(&query, Transport::Udp).unwrap();
+    let question_len = query.len() - 12 - 11;
+    assert_eq!(
+        &bytes[12..12 + question_len],
+        &query[12..12 + question_len],
+        "byte for byte"
+    );
+    let message = Message::from_vec(&bytes).unwrap();
+    assert_eq!(txt_strings(&message), VALUES);
+    // Answers own the name by a pointer to the question, so they carry its case too.
+    let answer_start = 12 + question_len;
+    assert_eq!(&bytes[answer_start..answer_start + 2], &[0xC0, 0x0C]);
+}
+
+#[test]
+fn edns_version_other_than_zero_gets_badvers() {
+    let mut message = Message::from_vec(&query_bytes(
+        "auth.example.test.",
+        RecordType::SOA,
+        Some(1232),
+    ))
+    .unwrap();
+    message.edns.as_mut().unwrap().set_version(1);
+    let (answered, bytes) = respond(&message.to_vec().unwrap(), Transport::Udp).unwrap();
+    assert_eq!(answered.rcode, 16);
+    let response = Message::from_vec(&bytes).unwrap();
+    // 16 is BADVERS in an OPT context (hickory names the shared code BADSIG).
+    assert_eq!(u16::from(response.metadata.response_code), 16);
+    assert_eq!(response.edns.unwrap().version(), 0);
+}
+
+#[test]
+fn other_classes_and_zone_transfers_are_refused() {
+    let mut message =
+        Message::from_vec(&query_bytes("auth.example.test.", RecordType::SOA, None)).unwrap();
+    message.queries[0].query_class = DNSClass::CH;
+    let (answered, _) = respond(&message.to_vec().unwrap(), Transport::Udp).unwrap();
+    assert_eq!(answered.rcode, 5);
+    for qtype in [RecordType::AXFR, RecordType::IXFR] {
+        let message = ask_with("auth.example.test.", qtype, None, Transport::Tcp);
+        assert_eq!(message.metadata.response_code, ResponseCode::Refused);
+    }
+}
+
+#[test]
+fn other_opcodes_are_not_implemented() {
+    let mut message =
+        Message::from_vec(&query_bytes("auth.example.test.", RecordType::SOA, None)).unwrap();
+    message.metadata.op_code = OpCode::Notify;
+    let (answered, bytes) = respond(&message.to_vec().unwrap(), Transport::Udp).unwrap();
+    assert_eq!(answered.rcode, 4);
+    let response = Message::from_vec(&bytes).unwrap();
+    assert_eq!(response.metadata.op_code, OpCode::Notify);
+    assert_eq!(response.metadata.response_code, ResponseCode::NotImp);
+}
+
+fn formerr(packet: &[u8]) -> Vec<u8> {
+    let (answered, bytes) = respond(packet, Transport::Udp).expect("FORMERR, not a drop");
+    assert_eq!(answered.rcode, 1, "{packet:02x?}");
+    assert_eq!(&bytes[..2], &packet[..2], "id echoed");
+    bytes
+}
+
+#[test]
+fn malformed_queries_get_formerr() {
+    let valid = query_bytes("auth.example.test.", RecordType::SOA, Some(1232));
+    // Question cut short, at every length past the header.
+    for len in 12..valid.len() - 11 {
+        assert_eq!(
+            formerr(&valid[..len]).len(),
+            12,
+            "header only when the question is unreadable"
+        );
+    }
+    // Two questions.
+    let mut two = valid.clone();
+    two[5] = 2;
+    formerr(&two);
+    // Zero questions.
+    let mut none = valid.clone();
+    none[5] = 0;
+    formerr(&none);
+    // A compression pointer, and a reserved label type, in the question name.
+    let mut pointer = valid.clone();
+    pointer[12] = 0xC0;
+    formerr(&pointer);
+    let mut reserved = valid.clone();
+    reserved[12] = 0x40;
+    formerr(&reserved);
+    // Additional count promising records that are not there.
+    let mut missing = valid.clone();
+    missing[11] = 2;
+    formerr(&missing);
+    // Two OPT records (RFC 6891 §6.1.1).
+    let mut two_opt = valid.clone();
+    two_opt[11] = 2;
+    two_opt.extend_from_slice(&valid[valid.len() - 11..]);
+    formerr(&two_opt);
+    // OPT as the question type.
+    let opt = query_bytes("auth.example.test.", RecordType::OPT, None);
+    formerr(&opt);
+}
+
+#[test]
+fn runts_and_responses_are_dropped() {
+    assert!(respond(&[], Transport::Udp).is_none());
+    assert!(respond(&[0; 11], Transport::Udp).is_none());
+    let mut response = query_bytes("auth.example.test.", RecordType::SOA, None);
+    response[2] |= 0x80;
+    assert!(
+        respond(&response, Transport::Udp).is_none(),
+        "never answer a response"
+    );
+}
+
+/// A small deterministic generator, so a failure names a reproducible input.
+struct XorShift(u64);
+impl XorShift {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+#[test]
+fn random_and_mutated_packets_never_panic_and_any_answer_decodes() {
+    let zone = zone();
+    let index = index();
+    let seeds = [
+        query_bytes(
+            &format!("{ACCOUNT}.auth.example.test."),
+            RecordType::TXT,
+            Some(1232),
+        ),
+        query_bytes("auth.example.test.", RecordType::NS, None),
+        query_bytes("a.b.c.auth.example.test.", RecordType::ANY, Some(512)),
+    ];
+    let mut rng = XorShift(0x9E37_79B9_7F4A_7C15);
+    let mut out = Vec::new();
+    for round in 0..200_000 {
+        let packet: Vec<u8> = if round % 4 == 0 {
+            let len = (rng.next() % 80) as usize;
+            (0..len).map(|_| rng.next() as u8).collect()
+        } else {
+            let mut p = seeds[round % seeds.len()].clone();
+            for _ in 0..1 + rng.next() % 4 {
+                let at = (rng.next() as usize) % p.len();
+                p[at] = rng.next() as u8;
+            }
+            if rng.next() % 8 == 0 {
+                p.truncate((rng.next() as usize) % p.len());
+            }
+            p
+        };
+        for transport in [Transport::Udp, Transport::Tcp] {
+            if answer(&packet, &zone, &index, transport, &mut out).is_some() {
+                assert!(out.len() >= 12);
+                assert_eq!(out[..2], packet[..2], "id echoed");
+                if transport == Transport::Udp {
+                    assert!(out.len() <= answer::MAX_UDP_PAYLOAD as usize);
+                }
+                Message::from_vec(&out)
+                    .unwrap_or_else(|e| panic!("undecodable answer to {packet:02x?}: {e}"));
+            }
+        }
+    }
+}
+
+#[test]
+fn zone_configuration_errors_say_what_to_write() {
+    let mut config = ZoneConfig::new("auth.example.test");
+    config.records = vec!["api MX 10 mail".into()];
+    let err = Zone::new(&config).unwrap_err().to_string();
+    assert!(err.contains("NAME TYPE DATA"), "{err}");
+    config.records = vec!["www.example.com. A 192.0.2.1".into()];
+    let err = Zone::new(&config).unwrap_err().to_string();
+    assert!(err.contains("outside the zone"), "{err}");
+}

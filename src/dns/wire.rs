@@ -1,0 +1,301 @@
+//! DNS wire format: just what an authoritative server needs to read a query and write
+//! an answer, without allocating. RFC 1035 §4, EDNS(0) from RFC 6891.
+
+pub const HEADER_LEN: usize = 12;
+
+pub const TYPE_A: u16 = 1;
+pub const TYPE_NS: u16 = 2;
+pub const TYPE_SOA: u16 = 6;
+pub const TYPE_HINFO: u16 = 13;
+pub const TYPE_TXT: u16 = 16;
+pub const TYPE_AAAA: u16 = 28;
+pub const TYPE_OPT: u16 = 41;
+pub const TYPE_IXFR: u16 = 251;
+pub const TYPE_AXFR: u16 = 252;
+pub const TYPE_MAILB: u16 = 253;
+pub const TYPE_MAILA: u16 = 254;
+pub const TYPE_ANY: u16 = 255;
+pub const TYPE_CAA: u16 = 257;
+pub const CLASS_IN: u16 = 1;
+
+pub const RCODE_NOERROR: u8 = 0;
+pub const RCODE_FORMERR: u8 = 1;
+pub const RCODE_NXDOMAIN: u8 = 3;
+pub const RCODE_NOTIMP: u8 = 4;
+pub const RCODE_REFUSED: u8 = 5;
+/// Extended RCODE 16 (RFC 6891 §9): upper 8 bits go in the OPT record.
+pub const RCODE_BADVERS: u16 = 16;
+
+const FLAG_QR: u16 = 0x8000;
+const FLAG_AA: u16 = 0x0400;
+const FLAG_TC: u16 = 0x0200;
+const FLAG_RD: u16 = 0x0100;
+const FLAG_CD: u16 = 0x0010;
+const OPCODE_MASK: u16 = 0x7800;
+
+/// The most labels a 255-byte name can have.
+pub const MAX_LABELS: usize = 128;
+
+/// EDNS(0) as the client sent it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Edns {
+    pub udp_size: u16,
+    pub version: u8,
+    pub dnssec_ok: bool,
+}
+
+/// A parsed query. Slices borrow the packet: `question` is the question section as
+/// received, so echoing it keeps the client's letter case (0x20 randomisation).
+#[derive(Debug)]
+pub struct Query<'a> {
+    pub id: u16,
+    pub flags: u16,
+    pub question: &'a [u8],
+    /// Offsets of each label's length byte within `question`, apex last.
+    pub label_offsets: [u8; MAX_LABELS],
+    pub label_count: usize,
+    pub qtype: u16,
+    pub qclass: u16,
+    pub edns: Option<Edns>,
+}
+
+impl Query<'_> {
+    /// The `i`th label of the question name (0 = leftmost).
+    #[inline]
+    pub fn label(&self, i: usize) -> &[u8] {
+        let at = self.label_offsets[i] as usize;
+        let len = self.question[at] as usize;
+        &self.question[at + 1..at + 1 + len]
+    }
+
+    /// The question name's wire bytes, without the terminating root label.
+    pub fn name_bytes(&self) -> &[u8] {
+        &self.question[..self.question.len() - 5]
+    }
+}
+
+/// Why a packet gets no normal answer.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Reject {
+    /// Not worth an answer: shorter than a header, or itself a response (answering
+    /// responses invites loops between servers).
+    Drop,
+    /// Answer with this RCODE and no question section.
+    Rcode { id: u16, flags: u16, rcode: u8 },
+}
+
+/// Reads a query. Never panics, whatever the bytes.
+pub fn parse_query(packet: &[u8]) -> Result<Query<'_>, Reject> {
+    if packet.len() < HEADER_LEN {
+        return Err(Reject::Drop);
+    }
+    let id = u16::from_be_bytes([packet[0], packet[1]]);
+    let flags = u16::from_be_bytes([packet[2], packet[3]]);
+    if flags & FLAG_QR != 0 {
+        return Err(Reject::Drop);
+    }
+    let formerr = Reject::Rcode {
+        id,
+        flags,
+        rcode: RCODE_FORMERR,
+    };
+    if flags & OPCODE_MASK != 0 {
+        return Err(Reject::Rcode {
+            id,
+            flags,
+            rcode: RCODE_NOTIMP,
+        });
+    }
+    let count = |at: usize| u16::from_be_bytes([packet[at], packet[at + 1]]);
+    let (qdcount, ancount, nscount, arcount) = (count(4), count(6), count(8), count(10));
+    if qdcount != 1 {
+        return Err(formerr);
+    }
+
+    // Question name: plain labels only. A compression pointer in the first name of a
+    // message could only point into the header, so it is malformed.
+    let mut pos = HEADER_LEN;
+    let mut label_offsets = [0u8; MAX_LABELS];
+    let mut label_count = 0;
+    loop {
+        let Some(&len) = packet.get(pos) else {
+            return Err(formerr);
+        };
+        if len == 0 {
+            pos += 1;
+            break;
+        }
+        if len & 0xC0 != 0 || label_count == MAX_LABELS {
+            return Err(formerr);
+        }
+        label_offsets[label_count] = (pos - HEADER_LEN) as u8;
+        label_count += 1;
+        pos += 1 + len as usize;
+        if pos - HEADER_LEN > 255 {
+            return Err(formerr);
+        }
+    }
+    let Some(tail) = packet.get(pos..pos + 4) else {
+        return Err(formerr);
+    };
+    let qtype = u16::from_be_bytes([tail[0], tail[1]]);
+    let qclass = u16::from_be_bytes([tail[2], tail[3]]);
+    pos += 4;
+    let question = &packet[HEADER_LEN..pos];
+
+    // Skip answer and authority records; find OPT among the additional ones.
+    for _ in 0..(ancount as u32 + nscount as u32) {
+        pos = skip_record(packet, pos).ok_or(formerr_of(id, flags))?.0;
+    }
+    let mut edns = None;
+    for _ in 0..arcount {
+        let (next, rtype, owner_is_root) = skip_record(packet, pos).ok_or(formerr_of(id, flags))?;
+        if rtype == TYPE_OPT {
+            // RFC 6891 §6.1.1: one OPT, owned by the root.
+            if edns.is_some() || !owner_is_root {
+                return Err(formerr_of(id, flags));
+            }
+            let fixed = &packet[next_fixed(pos)..];
+            let class = u16::from_be_bytes([fixed[2], fixed[3]]);
+            let ttl = u32::from_be_bytes([fixed[4], fixed[5], fixed[6], fixed[7]]);
+            edns = Some(Edns {
+                udp_size: class,
+                version: (ttl >> 16) as u8,
+                dnssec_ok: ttl & 0x8000 != 0,
+            });
+        }
+        pos = next;
+    }
+
+    Ok(Query {
+        id,
+        flags,
+        question,
+        label_offsets,
+        label_count,
+        qtype,
+        qclass,
+        edns,
+    })
+}
+
+fn formerr_of(id: u16, flags: u16) -> Reject {
+    Reject::Rcode {
+        id,
+        flags,
+        rcode: RCODE_FORMERR,
+    }
+}
+
+/// Position of a record's fixed part (type, class, ttl, rdlength) when its owner is the
+/// root name, which is all an OPT record may have.
+fn next_fixed(record_start: usize) -> usize {
+    record_start + 1
+}
+
+/// Skips one resource record; returns the next position, its type, and whether its
+/// owner is the root name.
+fn skip_record(packet: &[u8], mut pos: usize) -> Option<(usize, u16, bool)> {
+    let start = pos;
+    loop {
+        let len = *packet.get(pos)?;
+        match len & 0xC0 {
+            0x00 if len == 0 => {
+                pos += 1;
+                break;
+            }
+            0x00 => pos += 1 + len as usize,
+            0xC0 => {
+                pos += 2;
+                break;
+            }
+            _ => return None,
+        }
+        if pos - start > 255 {
+            return None;
+        }
+    }
+    let owner_is_root = pos == start + 1;
+    let fixed = packet.get(pos..pos + 10)?;
+    let rtype = u16::from_be_bytes([fixed[0], fixed[1]]);
+    let rdlen = u16::from_be_bytes([fixed[8], fixed[9]]) as usize;
+    pos += 10;
+    packet.get(pos..pos + rdlen)?;
+    Some((pos + rdlen, rtype, owner_is_root))
+}
+
+/// Header flags for a response to a query with `query_flags`: QR set, opcode, RD and
+/// CD copied (RFC 1035 §4.1.1, RFC 4035 §3.1.6), RA never (we do not recurse).
+#[inline]
+pub fn response_flags(query_flags: u16, authoritative: bool, truncated: bool, rcode: u8) -> u16 {
+    let mut flags = FLAG_QR | (query_flags & (OPCODE_MASK | FLAG_RD | FLAG_CD));
+    if authoritative {
+        flags |= FLAG_AA;
+    }
+    if truncated {
+        flags |= FLAG_TC;
+    }
+    flags | (rcode & 0x0F) as u16
+}
+
+#[inline]
+pub fn write_header(out: &mut Vec<u8>, id: u16, flags: u16, counts: [u16; 4]) {
+    out.extend_from_slice(&id.to_be_bytes());
+    out.extend_from_slice(&flags.to_be_bytes());
+    for c in counts {
+        out.extend_from_slice(&c.to_be_bytes());
+    }
+}
+
+/// Overwrites the header counts of an answer already written.
+#[inline]
+pub fn set_counts(out: &mut [u8], counts: [u16; 4]) {
+    for (i, c) in counts.iter().enumerate() {
+        out[4 + 2 * i..6 + 2 * i].copy_from_slice(&c.to_be_bytes());
+    }
+}
+
+#[inline]
+pub fn set_flags(out: &mut [u8], flags: u16) {
+    out[2..4].copy_from_slice(&flags.to_be_bytes());
+}
+
+/// A record header whose owner is a compression pointer to `owner_offset`.
+#[inline]
+pub fn write_record_header(out: &mut Vec<u8>, owner_offset: u16, rtype: u16, ttl: u32, rdlen: u16) {
+    out.extend_from_slice(&(0xC000 | owner_offset).to_be_bytes());
+    out.extend_from_slice(&rtype.to_be_bytes());
+    out.extend_from_slice(&CLASS_IN.to_be_bytes());
+    out.extend_from_slice(&ttl.to_be_bytes());
+    out.extend_from_slice(&rdlen.to_be_bytes());
+}
+
+/// The OPT record of a response: our UDP payload size, the extended RCODE bits, and
+/// the DO bit copied from the query (RFC 3225 §3).
+#[inline]
+pub fn write_opt(out: &mut Vec<u8>, udp_size: u16, extended_rcode: u8, dnssec_ok: bool) {
+    out.push(0);
+    out.extend_from_slice(&TYPE_OPT.to_be_bytes());
+    out.extend_from_slice(&udp_size.to_be_bytes());
+    let ttl = ((extended_rcode as u32) << 24) | if dnssec_ok { 0x8000 } else { 0 };
+    out.extend_from_slice(&ttl.to_be_bytes());
+    out.extend_from_slice(&0u16.to_be_bytes());
+}
+
+/// Encodes a presentation-format name (`ns.example.org`, trailing dot optional) in
+/// uncompressed wire format, or `None` when it is not a valid name.
+pub fn encode_name(name: &str) -> Option<Vec<u8>> {
+    let name = name.strip_suffix('.').unwrap_or(name);
+    let mut out = Vec::with_capacity(name.len() + 2);
+    if !name.is_empty() {
+        for label in name.split('.') {
+            if label.is_empty() || label.len() > 63 {
+                return None;
+            }
+            out.push(label.len() as u8);
+            out.extend_from_slice(label.as_bytes());
+        }
+    }
+    out.push(0);
+    (out.len() <= 255).then_some(out)
+}

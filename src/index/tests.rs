@@ -1,0 +1,133 @@
+//! The index fed objects directly, without an API server.
+
+use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
+
+use super::*;
+use crate::api::{AcmeDnsAccountSpec, AcmeDnsAccountStatus, DnsLabel, TxtValue};
+
+fn account(name: &str, created: i64, label: Option<&str>, values: &[&str]) -> AcmeDnsAccount {
+    let mut account = AcmeDnsAccount::new(name, AcmeDnsAccountSpec::default());
+    account.metadata.namespace = Some("tenant".into());
+    account.metadata.creation_timestamp = Some(Time(Timestamp::from_second(created).unwrap()));
+    account.status = Some(AcmeDnsAccountStatus {
+        subdomain: label.map(|l| DnsLabel(l.into())),
+        txt: values
+            .iter()
+            .map(|v| TxtValue {
+                value: v.to_string(),
+                updated_at: Time(Timestamp::UNIX_EPOCH),
+            })
+            .collect(),
+        ..Default::default()
+    });
+    account
+}
+
+fn served(index: &AccountIndex, label: &str) -> Option<(String, u16)> {
+    index
+        .lookup(&Label::new(label.as_bytes()).unwrap())
+        .map(|s| (s.account.name.clone(), s.txt_count))
+}
+
+#[test]
+fn applied_account_is_served_at_its_label_in_any_case() {
+    let index = AccountIndex::new(1);
+    index.apply(&account("a", 1, Some("abc"), &["v1", "v2"]));
+    assert_eq!(served(&index, "abc"), Some(("a".into(), 2)));
+    assert_eq!(served(&index, "ABC"), Some(("a".into(), 2)));
+    assert_eq!(index.counts(), (1, 1, 2));
+}
+
+#[test]
+fn txt_records_are_prepared_in_wire_format() {
+    let index = AccountIndex::new(7);
+    index.apply(&account("a", 1, Some("abc"), &["xyz"]));
+    let served = index.lookup(&Label::new(b"abc").unwrap()).unwrap();
+    assert_eq!(
+        &*served.txt_records,
+        &[
+            0xC0, 0x0C, 0, 16, 0, 1, 0, 0, 0, 7, 0, 4, 3, b'x', b'y', b'z'
+        ]
+    );
+}
+
+#[test]
+fn long_values_are_split_into_character_strings_not_cut() {
+    let index = AccountIndex::new(1);
+    let long = "x".repeat(300);
+    index.apply(&account("a", 1, Some("abc"), &[&long]));
+    let served = index.lookup(&Label::new(b"abc").unwrap()).unwrap();
+    // 12-byte record header, then 255 + 45 bytes each with a length byte.
+    assert_eq!(served.txt_records.len(), 12 + 256 + 46);
+    assert_eq!(served.txt_records[12], 255);
+    assert_eq!(served.txt_records[12 + 256], 45);
+}
+
+#[test]
+fn account_without_assigned_subdomain_is_not_served() {
+    let index = AccountIndex::new(1);
+    index.apply(&account("a", 1, None, &["v"]));
+    assert_eq!(index.counts(), (1, 0, 0));
+}
+
+#[test]
+fn update_replaces_values_and_label_change_moves_the_name() {
+    let index = AccountIndex::new(1);
+    index.apply(&account("a", 1, Some("old"), &["v1"]));
+    index.apply(&account("a", 1, Some("old"), &["v1", "v2"]));
+    assert_eq!(served(&index, "old"), Some(("a".into(), 2)));
+    index.apply(&account("a", 1, Some("new"), &["v3"]));
+    assert_eq!(served(&index, "old"), None);
+    assert_eq!(served(&index, "new"), Some(("a".into(), 1)));
+}
+
+#[test]
+fn delete_removes_the_name() {
+    let index = AccountIndex::new(1);
+    let a = account("a", 1, Some("abc"), &["v"]);
+    index.apply(&a);
+    index.delete(&a);
+    assert_eq!(served(&index, "abc"), None);
+    assert_eq!(index.counts(), (0, 0, 0));
+}
+
+#[test]
+fn on_a_collision_the_oldest_account_is_served_and_the_next_takes_over() {
+    let index = AccountIndex::new(1);
+    let younger = account("younger", 20, Some("shared"), &["young"]);
+    let older = account("older", 10, Some("shared"), &["old"]);
+    index.apply(&younger);
+    index.apply(&older);
+    assert_eq!(served(&index, "shared"), Some(("older".into(), 1)));
+    let claimants: Vec<String> = index
+        .claimants(&Label::new(b"shared").unwrap())
+        .into_iter()
+        .map(|k| k.name)
+        .collect();
+    assert_eq!(claimants, ["older", "younger"]);
+    // The younger one changing its values does not displace the older one.
+    index.apply(&account("younger", 20, Some("shared"), &["young2"]));
+    assert_eq!(served(&index, "shared"), Some(("older".into(), 1)));
+    index.delete(&older);
+    assert_eq!(served(&index, "shared"), Some(("younger".into(), 1)));
+}
+
+#[test]
+fn reset_keeps_unchanged_accounts_and_drops_vanished_ones() {
+    let index = AccountIndex::new(1);
+    index.apply(&account("stays", 1, Some("stays"), &["v"]));
+    index.apply(&account("goes", 1, Some("goes"), &["v"]));
+    index.reset(&[
+        account("stays", 1, Some("stays"), &["v", "w"]),
+        account("new", 1, Some("new"), &[]),
+    ]);
+    assert_eq!(served(&index, "stays"), Some(("stays".into(), 2)));
+    assert_eq!(served(&index, "goes"), None);
+    assert_eq!(served(&index, "new"), Some(("new".into(), 0)));
+}
+
+#[test]
+fn labels_longer_than_63_bytes_are_not_labels() {
+    assert!(Label::new(&[b'a'; 64]).is_none());
+    assert!(Label::new(b"").is_none());
+}
