@@ -113,7 +113,7 @@ stop_leftovers() {
   for f in "$WORK"/*.pid; do
     [[ -e $f ]] || continue
     pid=$(<"$f")
-    if [[ $pid =~ ^[0-9]+$ ]] && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF "$WORK"; then
+    if [[ $pid =~ ^[0-9]+$ ]] && tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline" | grep -qF "$WORK"; then
       say "stopping server $pid left over from an earlier run"
       kill -TERM "$pid" 2>/dev/null || true
       sleep 1
@@ -402,7 +402,7 @@ measure() { # SERVER PORT N DIR
   run_dnsperf "$out" "$port" "$n" "$s" -l "$LAT_SECONDS" -Q "$LAT_QPS" -q "$OUTSTANDING" -v || return 1
   # Nearest-rank percentiles over every completed query's latency (dnsperf -v prints one
   # "> RCODE name type seconds" line per answer, to the microsecond).
-  read -r cnt p50 p90 p99 p999 lmax < <(awk '/^> / { print $NF }' "$out" | sort -g | awk '
+  read -r cnt p50 p90 p99 p999 lmax < <(awk '/^> / && $NF ~ /^[0-9.]+$/ { print $NF }' "$out" | sort -g | awk '
     { v[NR] = $1 }
     function pct(p,  k) { k = int(p * NR + 0.999999); if (k < 1) k = 1; return v[k] * 1e6 }
     END { if (NR == 0) { print 0, "-", "-", "-", "-", "-"; exit }
@@ -411,6 +411,9 @@ measure() { # SERVER PORT N DIR
   R[latqps:$s:$n]=$(stat_field "$out" 'Queries per second:' 4)
   R[latlost:$s:$n]=$(stat_field "$out" 'Queries lost:' 4)
   R[latrcodes:$s:$n]=$(awk '/Response codes:/ { sub(/.*Response codes: */, ""); print; exit }' "$out")
+  read -r cpu_d wall busy cpu_s drops <"$out.cpu"
+  R[latother:$s:$n]=$(awk -v b="$busy" -v a="$cpu_s" -v d="$cpu_d" -v w="$wall" \
+    'BEGIN { o = (b - a - d) / w; if (o < 0) o = 0; printf "%.2f", o }')
   R[p50:$s:$n]=$p50 R[p90:$s:$n]=$p90 R[p99:$s:$n]=$p99 R[p999:$s:$n]=$p999 R[lmax:$s:$n]=$lmax
   # Keep the raw per-query lines out of the work directory's size budget.
   awk '!/^> /' "$out" >"$out.tmp" && mv "$out.tmp" "$out"
@@ -550,8 +553,10 @@ os_name=$(awk -F= '/^PRETTY_NAME=/ { gsub(/"/, "", $2); print $2 }' /etc/os-rele
   echo "  cannot use; the CPU columns show the split (cores busy on average over the run: server process,"
   echo "  dnsperf, and everything else on the machine including softirq time not charged to a process)."
   echo "  \"qps per server core\" is qps ÷ the server's own CPU use, the fairer comparison when dnsperf is the"
-  echo "  bottleneck. \"Unanswered\" includes the queries still outstanding (up to -q) when the time limit"
-  echo "  stops dnsperf; \"UDP receive-buffer drops\" is the kernel's RcvbufErrors counter over the run."
+  echo "  bottleneck. \"Unanswered\" is dnsperf's \"lost\"; \"UDP receive-buffer drops\" is the kernel's"
+  echo "  RcvbufErrors counter over the run (queries or answers dropped because a socket buffer was full)."
+  echo "- \"other\" CPU above about 0.2 cores means something else ran on the machine during the measurement"
+  echo "  (for example a build): the numbers of that run are disturbed, more so the latency percentiles."
   echo "- Latency: dnsperf 2.10 prints no percentiles, so a separate ${LAT_SECONDS}s run at a fixed $LAT_QPS queries/s"
   echo "  (\`-Q $LAT_QPS -v\`, well below every server's capacity) logs each answer's latency (µs resolution);"
   echo "  p50/p90/p99/p99.9 are nearest-rank percentiles over all of them. Latency at saturation is"
@@ -573,10 +578,20 @@ os_name=$(awk -F= '/^PRETTY_NAME=/ { gsub(/"/, "", $2); print $2 }' /etc/os-rele
     echo
     for s in $SERVERS; do
       [[ ${STATUS[$s:$n]:-} == measured ]] || continue
+      if [[ ! ${R[rcodes:$s:$n]} =~ ^NOERROR\ [0-9]+\ \(100\.00%\)$ ]]; then
+        echo "- **$(name_of "$s"): not every answer was NOERROR** (${R[rcodes:$s:$n]})."
+      fi
       echo "- $(name_of "$s"): qps per round ${R[rounds:$s:$n]}; ${R[sent:$s:$n]} queries sent, ${R[lost:$s:$n]}% unanswered," \
         "${R[drops:$s:$n]} UDP receive-buffer drops; response codes ${R[rcodes:$s:$n]}; answering ${R[startup:$s:$n]}s after start." \
-        "Latency run: ${R[latn:$s:$n]} answers at $(fmt_int "${R[latqps:$s:$n]}") qps, ${R[latlost:$s:$n]}% unanswered, max $(fmt_int "${R[lmax:$s:$n]}") µs."
+        "Latency run: ${R[latn:$s:$n]} answers at $(fmt_int "${R[latqps:$s:$n]}") qps, ${R[latlost:$s:$n]}% unanswered, max $(fmt_int "${R[lmax:$s:$n]}") µs, other CPU ${R[latother:$s:$n]} cores."
     done
+    other_max=$(for s in $SERVERS; do
+      [[ ${STATUS[$s:$n]:-} == measured ]] && echo "${R[othercpu:$s:$n]} ${R[latother:$s:$n]}"
+    done | tr ' ' '\n' | sort -g | tail -n 1)
+    if [[ -n $other_max ]] && awk -v o="$other_max" 'BEGIN { exit !(o > 0.2) }'; then
+      echo
+      echo "**Disturbed:** other work on the machine used up to $other_max cores during these measurements."
+    fi
     echo
     q_ours=; q_knot=; q_bind=
     [[ ${STATUS[ours:$n]:-} == measured ]] && q_ours=${R[qps:ours:$n]}

@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod dns;
+pub mod health;
 pub mod index;
 pub mod serve;
 pub mod telemetry;

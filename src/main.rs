@@ -14,7 +14,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the server roles selected by the flags against the current cluster.
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// Print the CustomResourceDefinition YAML generated from the Rust types.
     Crd,
 }
@@ -29,7 +29,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Serve(args) => {
             telemetry::init();
-            serve::run(args).await
+            serve::run(*args).await
         }
     }
 }

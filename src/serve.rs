@@ -1,9 +1,10 @@
-//! `kube-acme-dns serve`: connects to the cluster, keeps a watch-fed view of every
-//! AcmeDnsAccount, and serves health and metrics. The DNS responder, webhook solver,
-//! acme-dns API and controller attach to this as they are added.
+//! `kube-acme-dns serve`: starts the roles its flags enable, in one process.
+//!
+//! Every replica runs the account watch, which feeds the [`AccountIndex`] the DNS
+//! responder answers from, and serves health and metrics.
 
 use std::{
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -11,24 +12,40 @@ use std::{
 };
 
 use anyhow::Context as _;
-use axum::{Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
 use futures::StreamExt;
 use kube::{
-    Api, Client, ResourceExt,
+    Api, Client,
     api::ListParams,
-    runtime::{WatchStreamExt, reflector, watcher},
+    runtime::{WatchStreamExt, watcher},
 };
-use prometheus::{Encoder, IntGauge, Registry, TextEncoder};
+use prometheus::Registry;
 use tracing::{info, warn};
 
-use crate::api::AcmeDnsAccount;
+use crate::{
+    api::AcmeDnsAccount,
+    dns::{Zone, ZoneConfig, metrics::DnsMetrics, server::DnsSockets},
+    health::{self, Health},
+    index::{AccountIndex, AccountKey},
+};
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// The authoritative DNS responder.
+    Dns,
+}
 
 #[derive(clap::Args, Debug)]
 pub struct ServeArgs {
-    /// The zone this server is authoritative for; accounts are served at
-    /// `<subdomain>.<zone>`.
-    #[arg(long, env = "KUBE_ACME_DNS_ZONE", default_value = "auth.example.test")]
-    pub zone: String,
+    /// Roles to run, comma-separated. Every role also runs the account watch and the
+    /// health/metrics endpoint.
+    #[arg(
+        long,
+        env = "KUBE_ACME_DNS_ROLES",
+        value_enum,
+        value_delimiter = ',',
+        default_value = "dns"
+    )]
+    pub roles: Vec<Role>,
 
     /// Where `/metrics`, `/healthz` and `/readyz` listen.
     #[arg(
@@ -41,16 +58,90 @@ pub struct ServeArgs {
     /// Watch AcmeDnsAccounts in this namespace only; all namespaces when unset.
     #[arg(long, env = "KUBE_ACME_DNS_WATCH_NAMESPACE")]
     pub watch_namespace: Option<String>,
+
+    #[command(flatten)]
+    pub dns: DnsArgs,
 }
 
-/// Shared state of the health and metrics endpoints.
-#[derive(Clone)]
-struct Health {
-    synced: Arc<AtomicBool>,
-    registry: Registry,
+#[derive(clap::Args, Debug)]
+pub struct DnsArgs {
+    /// The zone this server is authoritative for; accounts are served at
+    /// `<subdomain>.<zone>`.
+    #[arg(long, env = "KUBE_ACME_DNS_ZONE", default_value = "auth.example.test")]
+    pub zone: String,
+
+    /// UDP and TCP address of the DNS responder.
+    #[arg(long, env = "KUBE_ACME_DNS_DNS_ADDR", default_value = "127.0.0.1:5353")]
+    pub dns_addr: SocketAddr,
+
+    /// UDP sockets (and threads) answering queries; 0 means one per CPU.
+    #[arg(long, env = "KUBE_ACME_DNS_DNS_THREADS", default_value_t = 0)]
+    pub dns_threads: usize,
+
+    /// Name servers in the apex NS records, comma-separated; the first is the SOA MNAME.
+    /// Defaults to `ns.<zone>`.
+    #[arg(
+        long = "nameserver",
+        env = "KUBE_ACME_DNS_NAMESERVERS",
+        value_delimiter = ','
+    )]
+    pub nameservers: Vec<String>,
+
+    /// Addresses answered (A/AAAA) for name servers inside the zone: the LoadBalancer's
+    /// public address. Comma-separated.
+    #[arg(
+        long = "nameserver-address",
+        env = "KUBE_ACME_DNS_NAMESERVER_ADDRESSES",
+        value_delimiter = ','
+    )]
+    pub nameserver_addresses: Vec<IpAddr>,
+
+    /// SOA RNAME as a name (`hostmaster.example.org` stands for hostmaster@example.org).
+    /// Defaults to `hostmaster.<zone>`.
+    #[arg(long, env = "KUBE_ACME_DNS_HOSTMASTER")]
+    pub hostmaster: Option<String>,
+
+    /// TTL of TXT answers, in seconds. Short, so a new challenge value is seen at once.
+    #[arg(long, env = "KUBE_ACME_DNS_TXT_TTL", default_value_t = 1)]
+    pub txt_ttl: u32,
+
+    /// TTL of negative answers (the SOA minimum), in seconds.
+    #[arg(long, env = "KUBE_ACME_DNS_NEGATIVE_TTL", default_value_t = 60)]
+    pub negative_ttl: u32,
+
+    /// A static record, `NAME TYPE DATA`, NAME relative to the zone or `@`; TYPE is A,
+    /// AAAA, TXT or CAA. Repeat the flag (or separate with `;` in the environment).
+    #[arg(long = "record", env = "KUBE_ACME_DNS_RECORDS", value_delimiter = ';')]
+    pub records: Vec<String>,
+}
+
+impl DnsArgs {
+    pub fn zone_config(&self) -> ZoneConfig {
+        let mut config = ZoneConfig::new(&self.zone);
+        if !self.nameservers.is_empty() {
+            config.nameservers = self.nameservers.clone();
+        }
+        config.nameserver_addresses = self.nameserver_addresses.clone();
+        if let Some(hostmaster) = &self.hostmaster {
+            config.hostmaster = hostmaster.clone();
+        }
+        config.txt_ttl = self.txt_ttl;
+        config.negative_ttl = self.negative_ttl;
+        config.records = self
+            .records
+            .iter()
+            .filter(|r| !r.trim().is_empty())
+            .cloned()
+            .collect();
+        config
+    }
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    // Configuration errors first, before touching the network.
+    let zone =
+        Arc::new(Zone::new(&args.dns.zone_config()).context("invalid DNS zone configuration")?);
+
     let client = Client::try_default().await.context(
         "cannot reach Kubernetes: set KUBECONFIG, or run in a pod with a service account",
     )?;
@@ -61,59 +152,74 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     check_crd_installed(&accounts).await?;
 
     let registry = Registry::new();
-    let account_gauge = IntGauge::new(
-        "kube_acme_dns_accounts",
-        "AcmeDnsAccounts currently known to this replica",
-    )?;
-    registry.register(Box::new(account_gauge.clone()))?;
-    let health = Health {
-        synced: Arc::new(AtomicBool::new(false)),
-        registry,
+    let index = Arc::new(AccountIndex::new(args.dns.txt_ttl));
+    let health = Health::new(registry.clone(), index.clone())?;
+    let stop = Arc::new(AtomicBool::new(false));
+
+    let http = health::serve(args.metrics_addr, health.clone()).await?;
+
+    let dns = if args.roles.contains(&Role::Dns) {
+        let threads = match args.dns.dns_threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
+        let sockets = DnsSockets::bind(args.dns.dns_addr, threads)
+            .with_context(|| format!("cannot listen for DNS on {}", args.dns.dns_addr))?;
+        info!(addr = %sockets.local_addr, zone = %args.dns.zone, threads, "answering DNS over UDP and TCP");
+        let metrics = DnsMetrics::new(&registry)?;
+        futures::future::Either::Left(sockets.serve(zone, index.clone(), metrics, stop.clone())?)
+    } else {
+        futures::future::Either::Right(std::future::pending())
     };
 
-    let listener = tokio::net::TcpListener::bind(args.metrics_addr)
-        .await
-        .with_context(|| format!("cannot listen on {} for metrics", args.metrics_addr))?;
-    info!(addr = %args.metrics_addr, zone = %args.zone, "serving /metrics, /healthz and /readyz");
-    let app = Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .with_state(health.clone());
-    let http = axum::serve(listener, app).with_graceful_shutdown(shutdown_signal());
-
-    let (store, writer) = reflector::store();
-    let synced = health.synced.clone();
-    // Errors from the watch are logged and retried with backoff, never fatal: when the
-    // API server goes away the last state seen stays in the store.
-    let watch = reflector(writer, watcher(accounts, watcher::Config::default()))
-        .default_backoff()
-        .for_each(move |event| {
-            match event {
-                Ok(watcher::Event::Apply(account)) => {
-                    info!(account = %qualified_name(&account), subdomain = ?account.status.as_ref().and_then(|s| s.subdomain.as_ref()), "account applied");
-                }
-                Ok(watcher::Event::Delete(account)) => {
-                    info!(account = %qualified_name(&account), "account deleted");
-                }
-                Ok(watcher::Event::InitDone) => {
-                    if !synced.swap(true, Ordering::SeqCst) {
-                        info!(accounts = store.len(), "initial account sync complete");
-                    }
-                }
-                Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => {}
-                Err(err) => warn!(%err, "AcmeDnsAccount watch failed; retrying with backoff"),
-            }
-            account_gauge.set(store.len() as i64);
-            futures::future::ready(())
-        });
-
-    tokio::select! {
-        result = http => result.context("metrics server failed")?,
-        () = watch => anyhow::bail!("the AcmeDnsAccount watch ended, which it never should"),
-    }
+    let watch = watch_accounts(accounts, index, health);
+    let result = tokio::select! {
+        result = http => result.context("metrics server failed"),
+        () = dns => Err(anyhow::anyhow!("the DNS TCP server stopped")),
+        () = watch => Err(anyhow::anyhow!("the AcmeDnsAccount watch ended, which it never should")),
+        () = health::shutdown_signal() => Ok(()),
+    };
+    stop.store(true, Ordering::Relaxed);
     info!("shut down");
-    Ok(())
+    result
+}
+
+/// Feeds the index from a watch on AcmeDnsAccounts. A (re-)list is collected whole and
+/// applied with `reset`, so a restarted watch never empties the index in between.
+/// Errors are logged and retried with backoff, never fatal: when the API server goes
+/// away, the index keeps the last state seen and DNS keeps answering from it.
+async fn watch_accounts(accounts: Api<AcmeDnsAccount>, index: Arc<AccountIndex>, health: Health) {
+    let mut relist: Vec<AcmeDnsAccount> = Vec::new();
+    let mut events = watcher(accounts, watcher::Config::default())
+        .default_backoff()
+        .boxed();
+    while let Some(event) = events.next().await {
+        match event {
+            Ok(watcher::Event::Apply(account)) => {
+                info!(account = %AccountKey::of(&account), subdomain = ?account.status.as_ref().and_then(|s| s.subdomain.as_ref()), "account applied");
+                index.apply(&account);
+            }
+            Ok(watcher::Event::Delete(account)) => {
+                info!(account = %AccountKey::of(&account), "account deleted");
+                index.delete(&account);
+            }
+            Ok(watcher::Event::Init) => relist.clear(),
+            Ok(watcher::Event::InitApply(account)) => relist.push(account),
+            Ok(watcher::Event::InitDone) => {
+                index.reset(&relist);
+                if !health.mark_synced() {
+                    info!(
+                        accounts = relist.len(),
+                        "initial account sync complete; ready"
+                    );
+                }
+                relist = Vec::new();
+            }
+            Err(err) => {
+                warn!(%err, "AcmeDnsAccount watch failed; serving the last state seen, retrying")
+            }
+        }
+    }
 }
 
 /// Fails early, with the command that fixes it, when the CRD is missing; otherwise the
@@ -132,49 +238,4 @@ async fn check_crd_installed(accounts: &Api<AcmeDnsAccount>) -> anyhow::Result<(
         ),
         Err(err) => Err(err).context("cannot list AcmeDnsAccounts"),
     }
-}
-
-fn qualified_name(account: &AcmeDnsAccount) -> String {
-    format!(
-        "{}/{}",
-        account.namespace().unwrap_or_default(),
-        account.name_any()
-    )
-}
-
-async fn readyz(State(health): State<Health>) -> impl IntoResponse {
-    if health.synced.load(Ordering::SeqCst) {
-        (StatusCode::OK, "ready")
-    } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "waiting for the first full sync of AcmeDnsAccounts",
-        )
-    }
-}
-
-async fn metrics(State(health): State<Health>) -> impl IntoResponse {
-    let mut body = Vec::new();
-    match TextEncoder::new().encode(&health.registry.gather(), &mut body) {
-        Ok(()) => (StatusCode::OK, body).into_response(),
-        Err(err) => {
-            warn!(%err, "cannot encode metrics");
-            StatusCode::INTERNAL_SERVER_ERROR.into_response()
-        }
-    }
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending().await,
-        }
-    };
-    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
 }

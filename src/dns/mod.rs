@@ -2,6 +2,8 @@
 //! function, and the UDP/TCP servers around it.
 
 pub mod answer;
+pub mod metrics;
+pub mod server;
 pub mod wire;
 pub mod zone;
 

@@ -1,0 +1,85 @@
+//! The DNS responder serving synthetic accounts, for `make bench-dns`: the same answer
+//! path and sockets as `serve`, fed directly instead of from the API server, so the
+//! benchmark measures DNS and nothing else.
+//!
+//!     bench_server --names 1000 --listen 127.0.0.1:5300 --zone auth.bench.test
+//!
+//! Serves `a<i>.<zone>` for i in 0..names, each with one TXT value `v` + i padded to
+//! 42 digits, TTL 1 — the names bench/dns.sh loads into Knot and BIND.
+
+use std::{
+    net::SocketAddr,
+    sync::{Arc, atomic::AtomicBool},
+};
+
+use clap::Parser;
+use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
+use kube_acme_dns::{
+    api::{AcmeDnsAccount, AcmeDnsAccountSpec, AcmeDnsAccountStatus, DnsLabel, TxtValue},
+    dns::{Zone, ZoneConfig, metrics::DnsMetrics, server::DnsSockets},
+    index::AccountIndex,
+};
+
+#[derive(Parser)]
+struct Args {
+    #[arg(long, default_value_t = 1000)]
+    names: usize,
+    #[arg(long, default_value = "127.0.0.1:5300")]
+    listen: SocketAddr,
+    #[arg(long, default_value = "auth.bench.test")]
+    zone: String,
+    /// UDP sockets/threads; 0 = one per CPU.
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let mut config = ZoneConfig::new(&args.zone);
+    config.nameserver_addresses = vec!["127.0.0.1".parse()?];
+    let zone = Arc::new(Zone::new(&config)?);
+    let index = Arc::new(AccountIndex::new(config.txt_ttl));
+    let started = std::time::Instant::now();
+    let accounts: Vec<AcmeDnsAccount> = (0..args.names).map(synthetic_account).collect();
+    index.reset(&accounts);
+    drop(accounts);
+    eprintln!("indexed {} names in {:?}", args.names, started.elapsed());
+
+    let threads = match args.threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    let sockets = DnsSockets::bind(args.listen, threads)?;
+    eprintln!(
+        "answering on {} with {threads} UDP threads",
+        sockets.local_addr
+    );
+    let registry = prometheus::Registry::new();
+    let tcp = sockets.serve(
+        zone,
+        index,
+        DnsMetrics::new(&registry)?,
+        Arc::new(AtomicBool::new(false)),
+    )?;
+    tokio::select! {
+        () = tcp => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    Ok(())
+}
+
+fn synthetic_account(i: usize) -> AcmeDnsAccount {
+    let label = format!("a{i}");
+    let mut account = AcmeDnsAccount::new(&label, AcmeDnsAccountSpec::default());
+    account.metadata.namespace = Some("bench".into());
+    account.status = Some(AcmeDnsAccountStatus {
+        subdomain: Some(DnsLabel(label)),
+        txt: vec![TxtValue {
+            value: format!("v{i:042}"),
+            updated_at: Time(Timestamp::UNIX_EPOCH),
+        }],
+        ..Default::default()
+    });
+    account
+}
