@@ -23,6 +23,7 @@ use tracing::{info, warn};
 
 use crate::{
     api::AcmeDnsAccount,
+    controller::{self, ControllerArgs, ControllerMetrics},
     dns::{Zone, ZoneConfig, metrics::DnsMetrics, server::DnsSockets},
     health::{self, Health},
     index::{AccountIndex, AccountKey},
@@ -32,6 +33,8 @@ use crate::{
 pub enum Role {
     /// The authoritative DNS responder.
     Dns,
+    /// The account controller (leader-elected: one replica at a time reconciles).
+    Controller,
 }
 
 #[derive(clap::Args, Debug)]
@@ -43,7 +46,7 @@ pub struct ServeArgs {
         env = "KUBE_ACME_DNS_ROLES",
         value_enum,
         value_delimiter = ',',
-        default_value = "dns"
+        default_value = "dns,controller"
     )]
     pub roles: Vec<Role>,
 
@@ -61,6 +64,14 @@ pub struct ServeArgs {
 
     #[command(flatten)]
     pub dns: DnsArgs,
+
+    #[command(flatten)]
+    pub controller: ControllerArgs,
+
+    /// This replica's name in the leader election Lease and in Events. Defaults to the
+    /// pod name (POD_NAME or HOSTNAME) with a random suffix.
+    #[arg(long, env = "KUBE_ACME_DNS_IDENTITY")]
+    pub identity: Option<String>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -146,11 +157,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         "cannot reach Kubernetes: set KUBECONFIG, or run in a pod with a service account",
     )?;
     let accounts: Api<AcmeDnsAccount> = match &args.watch_namespace {
-        Some(ns) => Api::namespaced(client, ns),
-        None => Api::all(client),
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
     };
     check_crd_installed(&accounts).await?;
 
+    info!(roles = ?args.roles, "starting");
     let registry = Registry::new();
     let index = Arc::new(AccountIndex::new(args.dns.txt_ttl));
     let health = Health::new(registry.clone(), index.clone())?;
@@ -167,7 +179,29 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             .with_context(|| format!("cannot listen for DNS on {}", args.dns.dns_addr))?;
         info!(addr = %sockets.local_addr, zone = %args.dns.zone, threads, "answering DNS over UDP and TCP");
         let metrics = DnsMetrics::new(&registry)?;
-        futures::future::Either::Left(sockets.serve(zone, index.clone(), metrics, stop.clone())?)
+        futures::future::Either::Left(sockets.serve(
+            zone.clone(),
+            index.clone(),
+            metrics,
+            stop.clone(),
+        )?)
+    } else {
+        futures::future::Either::Right(std::future::pending())
+    };
+
+    let controller = if args.roles.contains(&Role::Controller) {
+        let identity = args.identity.clone().unwrap_or_else(default_identity);
+        let metrics = ControllerMetrics::new(&registry)?;
+        futures::future::Either::Left(controller::run(
+            client,
+            accounts.clone(),
+            zone,
+            args.dns.zone.clone(),
+            index.clone(),
+            args.controller.clone(),
+            identity,
+            metrics,
+        ))
     } else {
         futures::future::Either::Right(std::future::pending())
     };
@@ -176,12 +210,21 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let result = tokio::select! {
         result = http => result.context("metrics server failed"),
         () = dns => Err(anyhow::anyhow!("the DNS TCP server stopped")),
+        () = controller => Err(anyhow::anyhow!("the controller stopped")),
         () = watch => Err(anyhow::anyhow!("the AcmeDnsAccount watch ended, which it never should")),
         () = health::shutdown_signal() => Ok(()),
     };
     stop.store(true, Ordering::Relaxed);
     info!("shut down");
     result
+}
+
+fn default_identity() -> String {
+    let host = std::env::var("POD_NAME")
+        .or_else(|_| std::env::var("HOSTNAME"))
+        .unwrap_or_else(|_| "kube-acme-dns".into());
+    let suffix = uuid::Uuid::new_v4().simple().to_string();
+    format!("{host}_{}", &suffix[..8])
 }
 
 /// Feeds the index from a watch on AcmeDnsAccounts. A (re-)list is collected whole and

@@ -168,6 +168,18 @@ impl Zone {
         Ok(zone)
     }
 
+    /// Whether a single label right below the apex is a name the zone itself uses (a
+    /// name server, a static record, or a name above one), so no account may take it.
+    pub fn uses_label(&self, label: &[u8]) -> bool {
+        if label.is_empty() || label.len() > 63 {
+            return false;
+        }
+        let mut key = Vec::with_capacity(label.len() + 1);
+        key.push(label.len() as u8);
+        key.extend(label.iter().map(u8::to_ascii_lowercase));
+        self.names.contains_key(key.as_slice())
+    }
+
     /// The node for `relative` (lowercase wire labels; empty = apex), creating it and
     /// the empty non-terminals above it.
     fn node_mut(&mut self, relative: &[u8]) -> &mut Node {

@@ -1,0 +1,386 @@
+//! The pure part of reconciling: from an account and what was found out about it, the
+//! status it should have. No client, no clock of its own, so it is tested from
+//! fixtures.
+
+use k8s_openapi::{
+    apimachinery::pkg::apis::meta::v1::{Condition, Time},
+    jiff::{SignedDuration, Timestamp},
+};
+
+use super::delegation::{Finding, challenge_name};
+use crate::{
+    api::{AcmeDnsAccount, AcmeDnsAccountStatus, CnameRecord, DnsLabel},
+    index::AccountKey,
+};
+
+pub const READY: &str = "Ready";
+pub const DELEGATED: &str = "Delegated";
+
+/// Which label the account is served under, as decided against the other accounts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Subdomain {
+    Assigned(String),
+    /// An older account already holds the label.
+    Taken {
+        label: String,
+        by: AccountKey,
+    },
+    /// The label is a name the zone itself uses (the name server, a static record).
+    Reserved {
+        label: String,
+    },
+}
+
+/// What the delegation check has to say, per domain, if it ran.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DelegationState {
+    /// Nothing to check: the account lists no domains.
+    NoDomains,
+    /// Not checked this time; keep the condition as it is.
+    Unchanged,
+    Checked(Vec<(String, Finding)>),
+}
+
+pub struct Facts<'a> {
+    pub account: &'a AcmeDnsAccount,
+    pub zone: &'a str,
+    pub subdomain: &'a Subdomain,
+    pub delegation: &'a DelegationState,
+    pub now: Timestamp,
+    /// TXT values older than this are dropped.
+    pub txt_max_age: SignedDuration,
+}
+
+/// The status the account should have.
+pub fn desired_status(facts: &Facts<'_>) -> AcmeDnsAccountStatus {
+    let account = facts.account;
+    let current = account.status.clone().unwrap_or_default();
+    let generation = account.metadata.generation;
+    let mut status = AcmeDnsAccountStatus {
+        observed_generation: generation,
+        conditions: current.conditions.clone(),
+        ..Default::default()
+    };
+    let zone = facts.zone.trim_end_matches('.');
+
+    match facts.subdomain {
+        Subdomain::Assigned(label) => {
+            let fqdn = format!("{label}.{zone}.");
+            status.subdomain = Some(DnsLabel(label.clone()));
+            status.cnames = account
+                .spec
+                .domains
+                .iter()
+                .map(|d| CnameRecord {
+                    name: challenge_name(&d.0),
+                    target: fqdn.clone(),
+                })
+                .collect();
+            let cutoff = facts.now - facts.txt_max_age;
+            status.txt = current
+                .txt
+                .iter()
+                .filter(|t| t.updated_at.0 >= cutoff)
+                .cloned()
+                .collect();
+            set_condition(
+                &mut status.conditions,
+                condition(
+                    READY,
+                    "True",
+                    "Served",
+                    &format!("TXT values are served at {fqdn}"),
+                    generation,
+                    facts.now,
+                ),
+            );
+            match facts.delegation {
+                DelegationState::NoDomains => set_condition(
+                    &mut status.conditions,
+                    condition(
+                        DELEGATED,
+                        "Unknown",
+                        "NoDomains",
+                        "spec.domains is empty, so there is no delegation to check",
+                        generation,
+                        facts.now,
+                    ),
+                ),
+                DelegationState::Unchanged => {}
+                DelegationState::Checked(findings) => set_condition(
+                    &mut status.conditions,
+                    delegation_condition(findings, &fqdn, generation, facts.now),
+                ),
+            }
+            status.fqdn = Some(fqdn);
+        }
+        Subdomain::Taken { label, by } => {
+            set_condition(
+                &mut status.conditions,
+                condition(
+                    READY,
+                    "False",
+                    "SubdomainTaken",
+                    &format!(
+                        "subdomain {label} already belongs to {by}; set a different spec.subdomain, or remove it to get a random one"
+                    ),
+                    generation,
+                    facts.now,
+                ),
+            );
+            status.conditions.retain(|c| c.type_ != DELEGATED);
+        }
+        Subdomain::Reserved { label } => {
+            set_condition(
+                &mut status.conditions,
+                condition(
+                    READY,
+                    "False",
+                    "SubdomainReserved",
+                    &format!(
+                        "subdomain {label} is a name the zone {zone} itself uses; set a different spec.subdomain"
+                    ),
+                    generation,
+                    facts.now,
+                ),
+            );
+            status.conditions.retain(|c| c.type_ != DELEGATED);
+        }
+    }
+    status
+}
+
+/// When the oldest TXT value will be dropped, if there is one.
+pub fn next_txt_expiry(
+    status: &AcmeDnsAccountStatus,
+    max_age: SignedDuration,
+) -> Option<Timestamp> {
+    status.txt.iter().map(|t| t.updated_at.0 + max_age).min()
+}
+
+fn delegation_condition(
+    findings: &[(String, Finding)],
+    fqdn: &str,
+    generation: Option<i64>,
+    now: Timestamp,
+) -> Condition {
+    let problems: Vec<String> = findings
+        .iter()
+        .filter(|(_, f)| *f != Finding::Delegated)
+        .map(|(_, f)| f.explain(fqdn))
+        .collect();
+    if problems.is_empty() {
+        return condition(
+            DELEGATED,
+            "True",
+            "CnameFound",
+            &format!("every _acme-challenge name points to {fqdn}"),
+            generation,
+            now,
+        );
+    }
+    let unresolvable = findings
+        .iter()
+        .all(|(_, f)| matches!(f, Finding::Delegated | Finding::Unresolvable { .. }));
+    let (status, reason) = if unresolvable {
+        ("Unknown", "CheckFailed")
+    } else if findings
+        .iter()
+        .any(|(_, f)| matches!(f, Finding::WrongTarget { .. }))
+    {
+        ("False", "CnameWrongTarget")
+    } else {
+        ("False", "CnameMissing")
+    };
+    condition(
+        DELEGATED,
+        status,
+        reason,
+        &problems.join("; "),
+        generation,
+        now,
+    )
+}
+
+fn condition(
+    type_: &str,
+    status: &str,
+    reason: &str,
+    message: &str,
+    generation: Option<i64>,
+    now: Timestamp,
+) -> Condition {
+    Condition {
+        type_: type_.into(),
+        status: status.into(),
+        reason: reason.into(),
+        message: message.into(),
+        observed_generation: generation,
+        last_transition_time: Time(now),
+    }
+}
+
+/// Replaces the condition of the same type, keeping its transition time when its status
+/// did not change (the Kubernetes API conventions).
+fn set_condition(conditions: &mut Vec<Condition>, mut new: Condition) {
+    match conditions.iter_mut().find(|c| c.type_ == new.type_) {
+        Some(existing) => {
+            if existing.status == new.status {
+                new.last_transition_time = existing.last_transition_time.clone();
+            }
+            *existing = new;
+        }
+        None => conditions.push(new),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{AcmeDnsAccountSpec, DomainName, TxtValue};
+
+    fn account(domains: &[&str], txt_ages_secs: &[i64], now: Timestamp) -> AcmeDnsAccount {
+        let mut account = AcmeDnsAccount::new(
+            "a",
+            AcmeDnsAccountSpec {
+                domains: domains.iter().map(|d| DomainName(d.to_string())).collect(),
+                ..Default::default()
+            },
+        );
+        account.metadata.generation = Some(3);
+        account.status = Some(AcmeDnsAccountStatus {
+            txt: txt_ages_secs
+                .iter()
+                .map(|age| TxtValue {
+                    value: format!("age{age}"),
+                    updated_at: Time(now - SignedDuration::from_secs(*age)),
+                })
+                .collect(),
+            ..Default::default()
+        });
+        account
+    }
+
+    fn facts<'a>(
+        account: &'a AcmeDnsAccount,
+        subdomain: &'a Subdomain,
+        delegation: &'a DelegationState,
+        now: Timestamp,
+    ) -> Facts<'a> {
+        Facts {
+            account,
+            zone: "auth.example.test",
+            subdomain,
+            delegation,
+            now,
+            txt_max_age: SignedDuration::from_secs(3600),
+        }
+    }
+
+    fn get<'a>(status: &'a AcmeDnsAccountStatus, type_: &str) -> &'a Condition {
+        status.conditions.iter().find(|c| c.type_ == type_).unwrap()
+    }
+
+    #[test]
+    fn assigned_account_gets_fqdn_cnames_and_ready() {
+        let now = Timestamp::from_second(2_000_000_000).unwrap();
+        let account = account(&["example.test", "other.test"], &[], now);
+        let sub = Subdomain::Assigned("abc".into());
+        let status = desired_status(&facts(&account, &sub, &DelegationState::Unchanged, now));
+        assert_eq!(status.fqdn.as_deref(), Some("abc.auth.example.test."));
+        assert_eq!(status.cnames[0].name, "_acme-challenge.example.test.");
+        assert_eq!(status.cnames[1].target, "abc.auth.example.test.");
+        assert_eq!(get(&status, READY).status, "True");
+        assert_eq!(status.observed_generation, Some(3));
+    }
+
+    #[test]
+    fn stale_txt_values_are_dropped_and_fresh_ones_kept() {
+        let now = Timestamp::from_second(2_000_000_000).unwrap();
+        let account = account(&[], &[10, 3599, 3601, 90_000], now);
+        let sub = Subdomain::Assigned("abc".into());
+        let status = desired_status(&facts(&account, &sub, &DelegationState::NoDomains, now));
+        let kept: Vec<&str> = status.txt.iter().map(|t| t.value.as_str()).collect();
+        assert_eq!(kept, ["age10", "age3599"]);
+        assert_eq!(
+            next_txt_expiry(&status, SignedDuration::from_secs(3600)),
+            Some(now + SignedDuration::from_secs(1))
+        );
+    }
+
+    #[test]
+    fn taken_subdomain_is_not_served_and_says_who_has_it() {
+        let now = Timestamp::from_second(2_000_000_000).unwrap();
+        let account = account(&["example.test"], &[], now);
+        let sub = Subdomain::Taken {
+            label: "abc".into(),
+            by: AccountKey {
+                namespace: "other".into(),
+                name: "first".into(),
+            },
+        };
+        let status = desired_status(&facts(&account, &sub, &DelegationState::Unchanged, now));
+        assert_eq!(status.subdomain, None, "not served twice");
+        assert_eq!(status.fqdn, None);
+        let ready = get(&status, READY);
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", "SubdomainTaken")
+        );
+        assert!(ready.message.contains("other/first"), "{}", ready.message);
+    }
+
+    #[test]
+    fn delegation_findings_become_a_condition_that_says_what_to_publish() {
+        let now = Timestamp::from_second(2_000_000_000).unwrap();
+        let account = account(&["example.test", "other.test"], &[], now);
+        let sub = Subdomain::Assigned("abc".into());
+        let checked = DelegationState::Checked(vec![
+            ("example.test".into(), Finding::Delegated),
+            (
+                "other.test".into(),
+                Finding::Missing {
+                    name: "_acme-challenge.other.test.".into(),
+                },
+            ),
+        ]);
+        let status = desired_status(&facts(&account, &sub, &checked, now));
+        let delegated = get(&status, DELEGATED);
+        assert_eq!(
+            (delegated.status.as_str(), delegated.reason.as_str()),
+            ("False", "CnameMissing")
+        );
+        assert!(
+            delegated
+                .message
+                .contains("publish `_acme-challenge.other.test. CNAME abc.auth.example.test.`"),
+            "{}",
+            delegated.message
+        );
+
+        let all = DelegationState::Checked(vec![("example.test".into(), Finding::Delegated)]);
+        let status = desired_status(&facts(&account, &sub, &all, now));
+        assert_eq!(get(&status, DELEGATED).status, "True");
+    }
+
+    #[test]
+    fn transition_time_is_kept_while_the_status_stays() {
+        let then = Timestamp::from_second(2_000_000_000).unwrap();
+        let later = then + SignedDuration::from_secs(600);
+        let mut account = account(&[], &[], then);
+        let sub = Subdomain::Assigned("abc".into());
+        account.status = Some(desired_status(&facts(
+            &account,
+            &sub,
+            &DelegationState::NoDomains,
+            then,
+        )));
+        let again = desired_status(&facts(&account, &sub, &DelegationState::NoDomains, later));
+        assert_eq!(get(&again, READY).last_transition_time.0, then);
+        assert_eq!(
+            Some(&again),
+            account.status.as_ref(),
+            "nothing to write when nothing changed"
+        );
+    }
+}
