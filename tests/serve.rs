@@ -2,82 +2,15 @@
 
 mod common;
 
-use std::{
-    net::SocketAddr,
-    process::Stdio,
-    time::{Duration, Instant},
-};
+use std::time::Duration;
 
 use kube::{
     Api,
     api::{DeleteParams, PostParams},
 };
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::TcpStream,
-    process::{Child, Command},
-};
+use tokio::process::Command;
 
 use kube_acme_dns::api::{AcmeDnsAccount, AcmeDnsAccountSpec, DomainName};
-
-const BIN: &str = env!("CARGO_BIN_EXE_kube-acme-dns");
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A plain HTTP/1.0 GET, enough for the health and metrics endpoints.
-async fn get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
-    let mut stream = TcpStream::connect(addr).await.ok()?;
-    stream
-        .write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
-        .await
-        .ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.ok()?;
-    let status = response.split_whitespace().nth(1)?.parse().ok()?;
-    let body = response.split_once("\r\n\r\n")?.1.to_string();
-    Some((status, body))
-}
-
-/// Runs `serve` as the chart's ServiceAccount, so the test also proves the chart's RBAC
-/// is enough.
-fn spawn_serve(metrics: SocketAddr, namespace: &str) -> Child {
-    Command::new(BIN)
-        .args(["serve", "--metrics-addr", &metrics.to_string()])
-        .args(["--watch-namespace", namespace])
-        .env("KUBECONFIG", common::chart_identity_kubeconfig())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start kube-acme-dns serve")
-}
-
-/// Polls until `check` holds or the deadline passes; returns the last body seen.
-async fn eventually(
-    addr: SocketAddr,
-    path: &str,
-    what: &str,
-    check: impl Fn(u16, &str) -> bool,
-) -> String {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut last = None;
-    while Instant::now() < deadline {
-        if let Some((status, body)) = get(addr, path).await {
-            if check(status, &body) {
-                return body;
-            }
-            last = Some((status, body));
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("{what} did not happen within 20 s; last answer from {path}: {last:?}");
-}
 
 #[tokio::test]
 async fn serve_turns_ready_after_sync_and_counts_accounts() {
@@ -87,32 +20,24 @@ async fn serve_turns_ready_after_sync_and_counts_accounts() {
     let namespace = common::create_namespace(&client, "serve").await;
     let accounts: Api<AcmeDnsAccount> = Api::namespaced(client, &namespace);
     let name = common::unique_name("serve");
+    let spec = AcmeDnsAccountSpec {
+        domains: vec![DomainName(format!("{name}.example.test"))],
+        ..Default::default()
+    };
     accounts
-        .create(
-            &PostParams::default(),
-            &AcmeDnsAccount::new(
-                &name,
-                AcmeDnsAccountSpec {
-                    domains: vec![DomainName(format!("{name}.example.test"))],
-                    ..Default::default()
-                },
-            ),
-        )
+        .create(&PostParams::default(), &AcmeDnsAccount::new(&name, spec))
         .await
         .unwrap();
 
-    let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let mut serve = spawn_serve(metrics, &namespace);
-    eventually(metrics, "/healthz", "healthz answering", |s, _| s == 200).await;
-    eventually(
-        metrics,
-        "/readyz",
-        "readiness after the first sync",
-        |s, _| s == 200,
-    )
-    .await;
-    eventually(metrics, "/metrics", "the account counted", |s, body| {
-        s == 200 && account_gauge(body) == 1
+    // Runs as the chart's ServiceAccount, so this also proves the chart's RBAC.
+    let serve = common::spawn_serve(&namespace, &namespace, &["--roles", "dns"]);
+    common::wait_ready(&serve).await;
+    let count = || async {
+        let (_, body) = common::http_get(serve.metrics, "/metrics").await?;
+        common::metric(&body, "kube_acme_dns_accounts")
+    };
+    common::eventually("the account counted", Duration::from_secs(10), || async {
+        (count().await? == 1.0).then_some(())
     })
     .await;
 
@@ -120,30 +45,24 @@ async fn serve_turns_ready_after_sync_and_counts_accounts() {
         .delete(&name, &DeleteParams::default())
         .await
         .unwrap();
-    eventually(
-        metrics,
-        "/metrics",
+    common::eventually(
         "the deleted account uncounted",
-        |_, body| account_gauge(body) == 0,
+        Duration::from_secs(10),
+        || async { (count().await? == 0.0).then_some(()) },
     )
     .await;
-
-    serve.start_kill().unwrap();
-    serve.wait().await.unwrap();
-}
-
-fn account_gauge(metrics: &str) -> i64 {
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("kube_acme_dns_accounts "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(-1)
 }
 
 #[tokio::test]
 async fn serve_without_a_reachable_cluster_fails_with_what_to_do() {
-    let output = Command::new(BIN)
-        .args(["serve", "--metrics-addr", "127.0.0.1:0"])
+    let output = Command::new(common::BIN)
+        .args([
+            "serve",
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--dns-addr",
+            "127.0.0.1:0",
+        ])
         .env("KUBECONFIG", "/nonexistent/kubeconfig")
         .env_remove("KUBERNETES_SERVICE_HOST")
         .output()
@@ -153,4 +72,16 @@ async fn serve_without_a_reachable_cluster_fails_with_what_to_do() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("cannot reach Kubernetes"), "{stderr}");
     assert!(stderr.contains("KUBECONFIG"), "{stderr}");
+}
+
+#[tokio::test]
+async fn bad_static_record_fails_before_anything_starts() {
+    let output = Command::new(common::BIN)
+        .args(["serve", "--record", "api MX 10 mail.example.test."])
+        .output()
+        .await
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("NAME TYPE DATA"), "{stderr}");
 }

@@ -182,3 +182,112 @@ pub fn chart_identity_kubeconfig() -> std::path::PathBuf {
     std::fs::write(&path, serde_yaml::to_string(&kubeconfig).unwrap()).unwrap();
     path
 }
+
+/// A port free on 127.0.0.1 for both UDP and TCP at the time of asking.
+pub fn free_port() -> u16 {
+    loop {
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = udp.local_addr().unwrap().port();
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_kube-acme-dns");
+
+/// A running `kube-acme-dns serve`, killed when dropped.
+pub struct Serve {
+    pub child: tokio::process::Child,
+    pub dns: std::net::SocketAddr,
+    pub metrics: std::net::SocketAddr,
+}
+
+/// Starts `serve` with the chart's ServiceAccount, watching one namespace, on free
+/// ports, with a leader election lease of its own in the release namespace.
+pub fn spawn_serve(namespace: &str, lease: &str, extra: &[&str]) -> Serve {
+    let mut args = vec!["--leader-election-namespace", RELEASE_NAMESPACE];
+    args.extend_from_slice(extra);
+    spawn_serve_as(chart_identity_kubeconfig(), namespace, lease, &args)
+}
+
+pub fn spawn_serve_as(
+    kubeconfig: std::path::PathBuf,
+    namespace: &str,
+    lease: &str,
+    extra: &[&str],
+) -> Serve {
+    let dns: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let metrics: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let child = tokio::process::Command::new(BIN)
+        .args(["serve", "--zone", "auth.example.test"])
+        .args([
+            "--dns-addr",
+            &dns.to_string(),
+            "--metrics-addr",
+            &metrics.to_string(),
+        ])
+        .args(["--watch-namespace", namespace])
+        .args(["--leader-election-lease", lease])
+        .args(["--nameserver-address", "127.0.0.1"])
+        .args(extra)
+        .env("KUBECONFIG", kubeconfig)
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start kube-acme-dns serve");
+    Serve {
+        child,
+        dns,
+        metrics,
+    }
+}
+
+/// A plain HTTP/1.0 GET, enough for the health and metrics endpoints.
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> Option<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await
+        .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.ok()?;
+    let status = response.split_whitespace().nth(1)?.parse().ok()?;
+    let body = response.split_once("\r\n\r\n")?.1.to_string();
+    Some((status, body))
+}
+
+/// Polls `check` every 50 ms until it returns `Some` or `timeout` passes.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("{what} did not happen within {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The value of an unlabelled metric in a /metrics body.
+pub fn metric(body: &str, name: &str) -> Option<f64> {
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// Waits until `serve` reports ready.
+pub async fn wait_ready(serve: &Serve) {
+    eventually("serve ready", Duration::from_secs(30), || async {
+        (http_get(serve.metrics, "/readyz").await?.0 == 200).then_some(())
+    })
+    .await;
+}

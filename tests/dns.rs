@@ -1,0 +1,441 @@
+//! The DNS responder as a user meets it: `kube-acme-dns serve` against the local
+//! control plane, asked with `dig` and `kdig` over UDP and TCP.
+
+mod common;
+
+use std::{net::SocketAddr, time::Duration};
+
+use k8s_openapi::jiff::Timestamp;
+use kube::{
+    Api,
+    api::{Patch, PatchParams, PostParams},
+};
+use serde_json::json;
+
+use kube_acme_dns::api::{AcmeDnsAccount, AcmeDnsAccountSpec, DnsLabel, DomainName};
+
+/// Runs `dig` (or `kdig`) against `server` and returns its output.
+fn ask(tool: &str, server: SocketAddr, args: &[&str]) -> String {
+    let port = server.port().to_string();
+    let mut all = vec![format!("@{}", server.ip()), "-p".into(), port];
+    let retries = if tool == "kdig" {
+        "+retry=0"
+    } else {
+        "+tries=1"
+    };
+    all.extend(["+time=2", retries].iter().map(|s| s.to_string()));
+    all.extend(args.iter().map(|s| s.to_string()));
+    let refs: Vec<&str> = all.iter().map(String::as_str).collect();
+    common::run(tool, &refs, None)
+}
+
+fn status_of(output: &str) -> &str {
+    // dig: "status: NOERROR," — kdig: "status: NOERROR;"
+    output
+        .split("status: ")
+        .nth(1)
+        .and_then(|s| s.split([',', ';']).next())
+        .unwrap_or("no status")
+}
+
+async fn create_account(accounts: &Api<AcmeDnsAccount>, name: &str, spec: AcmeDnsAccountSpec) {
+    accounts
+        .create(&PostParams::default(), &AcmeDnsAccount::new(name, spec))
+        .await
+        .expect("create account");
+}
+
+/// Waits for the controller to assign the account's subdomain; returns its FQDN.
+async fn assigned_fqdn(accounts: &Api<AcmeDnsAccount>, name: &str) -> String {
+    common::eventually("subdomain assigned", Duration::from_secs(20), || async {
+        accounts.get(name).await.ok()?.status?.fqdn
+    })
+    .await
+}
+
+async fn set_txt(accounts: &Api<AcmeDnsAccount>, name: &str, values: &[String]) {
+    let now = Timestamp::now().to_string();
+    let txt: Vec<_> = values
+        .iter()
+        .map(|v| json!({ "value": v, "updatedAt": now }))
+        .collect();
+    accounts
+        .patch_status(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "status": { "txt": txt } })),
+        )
+        .await
+        .expect("write status.txt");
+}
+
+fn digest(i: usize) -> String {
+    format!("{i:0>43}")
+}
+
+#[tokio::test]
+async fn new_account_gets_a_subdomain_and_its_txt_is_answered_within_a_second() {
+    let client = common::client().await;
+    common::install_crd(&client).await;
+    let namespace = common::create_namespace(&client, "dns-new").await;
+    let accounts: Api<AcmeDnsAccount> = Api::namespaced(client, &namespace);
+    let serve = common::spawn_serve(&namespace, &namespace, &[]);
+    common::wait_ready(&serve).await;
+
+    let spec = AcmeDnsAccountSpec {
+        domains: vec![DomainName("example.test".into())],
+        ..Default::default()
+    };
+    create_account(&accounts, "web", spec).await;
+    let fqdn = assigned_fqdn(&accounts, "web").await;
+    let account = accounts.get("web").await.unwrap();
+    let status = account.status.unwrap();
+    let label = status.subdomain.unwrap().0;
+    assert!(uuid::Uuid::parse_str(&label).is_ok(), "a UUID: {label}");
+    assert_eq!(fqdn, format!("{label}.auth.example.test."));
+    assert_eq!(status.cnames[0].name, "_acme-challenge.example.test.");
+    assert_eq!(status.cnames[0].target, fqdn);
+
+    set_txt(&accounts, "web", &[digest(1)]).await;
+    let written = std::time::Instant::now();
+    let answered = common::eventually("TXT answered", Duration::from_secs(1), || async {
+        let out = ask("dig", serve.dns, &["+short", &fqdn, "TXT"]);
+        out.contains(&digest(1)).then_some(written.elapsed())
+    })
+    .await;
+    assert!(
+        answered < Duration::from_secs(1),
+        "answered after {answered:?}"
+    );
+
+    let over_tcp = ask("kdig", serve.dns, &["+tcp", &fqdn, "TXT"]);
+    assert!(over_tcp.contains(&digest(1)), "{over_tcp}");
+
+    let events = common::run(
+        "kubectl",
+        &[
+            "get",
+            "events.events.k8s.io",
+            "-n",
+            &namespace,
+            "-o",
+            "jsonpath={.items[*].reason}",
+        ],
+        None,
+    );
+    assert!(events.contains("SubdomainAssigned"), "events: {events}");
+}
+
+#[tokio::test]
+async fn every_row_of_the_behaviour_table_over_udp_and_tcp() {
+    let client = common::client().await;
+    common::install_crd(&client).await;
+    let namespace = common::create_namespace(&client, "dns-rows").await;
+    let accounts: Api<AcmeDnsAccount> = Api::namespaced(client, &namespace);
+    let serve = common::spawn_serve(
+        &namespace,
+        &namespace,
+        &[
+            "--record",
+            "api A 192.0.2.10",
+            "--record",
+            r#"@ CAA 0 issue "letsencrypt.org""#,
+        ],
+    );
+    common::wait_ready(&serve).await;
+
+    let label = common::unique_name("rows");
+    let spec = AcmeDnsAccountSpec {
+        subdomain: Some(DnsLabel(label.clone())),
+        ..Default::default()
+    };
+    create_account(&accounts, "rows", spec).await;
+    let fqdn = assigned_fqdn(&accounts, "rows").await;
+    assert_eq!(fqdn, format!("{label}.auth.example.test."));
+    let values: Vec<String> = (0..25).map(digest).collect();
+    set_txt(&accounts, "rows", &values).await;
+    common::eventually("25 values served", Duration::from_secs(5), || async {
+        let out = ask("dig", serve.dns, &["+tcp", "+short", &fqdn, "TXT"]);
+        (out.lines().count() == 25).then_some(())
+    })
+    .await;
+
+    for (tool, transport) in [
+        ("dig", "+notcp"),
+        ("dig", "+tcp"),
+        ("kdig", "+notcp"),
+        ("kdig", "+tcp"),
+    ] {
+        let q = |args: &[&str]| {
+            let mut all = vec![transport];
+            all.extend_from_slice(args);
+            ask(tool, serve.dns, &all)
+        };
+        let ctx = format!("{tool} {transport}");
+
+        // TXT at the account: every value, authoritative, short TTL.
+        let out = q(&["+bufsize=4096", &fqdn, "TXT"]);
+        assert_eq!(status_of(&out), "NOERROR", "{ctx}: {out}");
+        assert!(out.contains(" aa"), "{ctx}: AA set: {out}");
+        if transport == "+tcp" {
+            for v in &values {
+                assert!(out.contains(v.as_str()), "{ctx}: {v} missing: {out}");
+            }
+        }
+
+        // Another type at an existing name: NODATA with the SOA, not NXDOMAIN.
+        let out = q(&[&fqdn, "A"]);
+        assert_eq!(status_of(&out), "NOERROR", "{ctx}: {out}");
+        assert!(out.contains("ANSWER: 0"), "{ctx}: {out}");
+        assert!(out.contains("SOA"), "{ctx}: {out}");
+
+        // A missing name: NXDOMAIN with the SOA, negative TTL 60.
+        let out = q(&["missing.auth.example.test", "TXT"]);
+        assert_eq!(status_of(&out), "NXDOMAIN", "{ctx}: {out}");
+        assert!(
+            out.lines()
+                .any(|l| l.contains("SOA") && l.split_whitespace().nth(1) == Some("60")),
+            "{ctx}: SOA with TTL 60: {out}"
+        );
+
+        // Outside the zone, recursion asked: REFUSED.
+        let out = q(&["+rec", "example.com", "A"]);
+        assert_eq!(status_of(&out), "REFUSED", "{ctx}: {out}");
+
+        // Apex SOA and NS, the name server's address, static records.
+        assert!(
+            q(&["+short", "auth.example.test", "SOA"]).starts_with("ns.auth.example.test."),
+            "{ctx}"
+        );
+        assert_eq!(
+            q(&["+short", "auth.example.test", "NS"]).trim(),
+            "ns.auth.example.test.",
+            "{ctx}"
+        );
+        assert_eq!(
+            q(&["+short", "ns.auth.example.test", "A"]).trim(),
+            "127.0.0.1",
+            "{ctx}"
+        );
+        assert_eq!(
+            q(&["+short", "api.auth.example.test", "A"]).trim(),
+            "192.0.2.10",
+            "{ctx}"
+        );
+        assert!(
+            q(&["+short", "auth.example.test", "CAA"]).contains("letsencrypt.org"),
+            "{ctx}"
+        );
+
+        // ANY: the minimal answer of RFC 8482.
+        let out = q(&[&fqdn, "ANY"]);
+        assert!(
+            out.contains("HINFO") && out.contains("RFC8482"),
+            "{ctx}: {out}"
+        );
+        assert!(
+            !out.contains(&digest(0)),
+            "{ctx}: ANY must not list the TXT values: {out}"
+        );
+
+        // Mixed case (0x20): the answer echoes the question's case. (kdig prints
+        // owner names lowercased whatever it received, so only dig can show it.)
+        if tool == "dig" {
+            let mixed = "AuTh.ExAmPlE.tEsT.";
+            let out = q(&["+noall", "+answer", mixed, "SOA"]);
+            assert!(
+                out.lines().next().unwrap_or("").starts_with(mixed),
+                "{ctx}: {out}"
+            );
+        }
+    }
+
+    // A UDP answer that does not fit the client's buffer sets TC; TCP gets it all.
+    let out = ask("dig", serve.dns, &["+bufsize=512", "+ignore", &fqdn, "TXT"]);
+    assert!(out.contains(" tc"), "TC set: {out}");
+    let out = ask("dig", serve.dns, &["+noedns", "+ignore", &fqdn, "TXT"]);
+    assert!(out.contains(" tc"), "TC set without EDNS: {out}");
+    let out = ask("dig", serve.dns, &["+bufsize=512", &fqdn, "TXT"]);
+    assert!(
+        out.contains("ANSWER: 25"),
+        "dig retries over TCP and gets everything: {out}"
+    );
+
+    // Malformed packets: FORMERR or silence, and the server keeps answering.
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    for garbage in [
+        &b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x3f"[..],
+        &[0xff; 7],
+        &[0u8; 512],
+    ] {
+        socket.send_to(garbage, serve.dns).unwrap();
+        let mut buf = [0u8; 512];
+        if let Ok((len, _)) = socket.recv_from(&mut buf) {
+            assert!(
+                len >= 12 && buf[3] & 0x0f == 1,
+                "FORMERR: {:02x?}",
+                &buf[..len]
+            );
+        }
+    }
+    assert!(ask("dig", serve.dns, &["+short", &fqdn, "TXT"]).contains(&digest(0)));
+}
+
+fn labelled_metric(body: &str, prefix: &str) -> f64 {
+    body.lines()
+        .filter_map(|l| l.strip_prefix(prefix)?.trim().parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test]
+async fn two_replicas_both_answer_and_only_one_reconciles() {
+    let client = common::client().await;
+    common::install_crd(&client).await;
+    let namespace = common::create_namespace(&client, "dns-ha").await;
+    let accounts: Api<AcmeDnsAccount> = Api::namespaced(client, &namespace);
+    let extra = ["--leader-election-duration", "3"];
+    let mut replicas = vec![
+        common::spawn_serve(&namespace, &namespace, &extra),
+        common::spawn_serve(&namespace, &namespace, &extra),
+    ];
+    for r in &replicas {
+        common::wait_ready(r).await;
+    }
+    let leaders = |replicas: &[common::Serve]| {
+        let addrs: Vec<SocketAddr> = replicas.iter().map(|r| r.metrics).collect();
+        async move {
+            let mut flags = Vec::new();
+            for addr in addrs {
+                let (_, body) = common::http_get(addr, "/metrics").await?;
+                flags.push(common::metric(&body, "kube_acme_dns_controller_leader")?);
+            }
+            Some(flags)
+        }
+    };
+    let flags = common::eventually("one leader", Duration::from_secs(15), || async {
+        let flags = leaders(&replicas).await?;
+        (flags.iter().sum::<f64>() == 1.0).then_some(flags)
+    })
+    .await;
+    let leader = flags.iter().position(|f| *f == 1.0).unwrap();
+
+    create_account(&accounts, "shared", AcmeDnsAccountSpec::default()).await;
+    let fqdn = assigned_fqdn(&accounts, "shared").await;
+    set_txt(&accounts, "shared", &[digest(7)]).await;
+    for r in &replicas {
+        common::eventually("every replica answers", Duration::from_secs(2), || async {
+            ask("dig", r.dns, &["+short", &fqdn, "TXT"])
+                .contains(&digest(7))
+                .then_some(())
+        })
+        .await;
+    }
+    let reconciles = |addr| async move {
+        let (_, body) = common::http_get(addr, "/metrics").await.unwrap();
+        labelled_metric(&body, "kube_acme_dns_reconciles_total{result=\"ok\"}")
+    };
+    assert!(
+        reconciles(replicas[leader].metrics).await > 0.0,
+        "the leader reconciles"
+    );
+    assert_eq!(
+        reconciles(replicas[1 - leader].metrics).await,
+        0.0,
+        "the other does not"
+    );
+
+    // The leader goes away: the other replica takes over and new accounts still get
+    // their subdomain.
+    let mut gone = replicas.remove(leader);
+    gone.child.kill().await.unwrap();
+    common::eventually(
+        "the other replica leads",
+        Duration::from_secs(20),
+        || async { (leaders(&replicas).await? == [1.0]).then_some(()) },
+    )
+    .await;
+    create_account(&accounts, "after-failover", AcmeDnsAccountSpec::default()).await;
+    assigned_fqdn(&accounts, "after-failover").await;
+}
+
+#[tokio::test]
+async fn answers_go_on_when_the_api_server_goes_away() {
+    // A control plane of its own, since this test stops it.
+    let dir = std::env::temp_dir().join(common::unique_name("apiserver-gone"));
+    let cluster = concat!(env!("CARGO_MANIFEST_DIR"), "/e2e/cluster.sh");
+    let dir_str = dir.to_str().unwrap().to_string();
+    let up = std::process::Command::new(cluster)
+        .arg("up")
+        .env("KAD_CLUSTER_DIR", &dir)
+        .output()
+        .unwrap();
+    assert!(
+        up.status.success(),
+        "{}",
+        String::from_utf8_lossy(&up.stderr)
+    );
+    struct Down(String);
+    impl Drop for Down {
+        fn drop(&mut self) {
+            let _ =
+                std::process::Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/e2e/cluster.sh"))
+                    .arg("down")
+                    .env("KAD_CLUSTER_DIR", &self.0)
+                    .output();
+        }
+    }
+    let _down = Down(dir_str);
+    let kubeconfig = dir.join("kubeconfig");
+    let config = kube::Config::from_custom_kubeconfig(
+        kube::config::Kubeconfig::read_from(&kubeconfig).unwrap(),
+        &Default::default(),
+    )
+    .await
+    .unwrap();
+    let client = kube::Client::try_from(config).unwrap();
+    common::install_crd(&client).await;
+    let accounts: Api<AcmeDnsAccount> = Api::namespaced(client, "default");
+    let serve = common::spawn_serve_as(
+        kubeconfig,
+        "default",
+        "gone",
+        &["--leader-election-namespace", "default"],
+    );
+    common::wait_ready(&serve).await;
+    create_account(&accounts, "survivor", AcmeDnsAccountSpec::default()).await;
+    let fqdn = assigned_fqdn(&accounts, "survivor").await;
+    set_txt(&accounts, "survivor", &[digest(9)]).await;
+    common::eventually("TXT answered", Duration::from_secs(2), || async {
+        ask("dig", serve.dns, &["+short", &fqdn, "TXT"])
+            .contains(&digest(9))
+            .then_some(())
+    })
+    .await;
+
+    let down = std::process::Command::new(cluster)
+        .arg("down")
+        .env("KAD_CLUSTER_DIR", &dir)
+        .output()
+        .unwrap();
+    assert!(
+        down.status.success(),
+        "{}",
+        String::from_utf8_lossy(&down.stderr)
+    );
+
+    for _ in 0..6 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let out = ask("dig", serve.dns, &["+short", &fqdn, "TXT"]);
+        assert!(
+            out.contains(&digest(9)),
+            "still answered with the API server gone: {out}"
+        );
+        let out = ask("kdig", serve.dns, &["+tcp", "+short", &fqdn, "TXT"]);
+        assert!(out.contains(&digest(9)), "over TCP too: {out}");
+    }
+    let (status, _) = common::http_get(serve.metrics, "/readyz").await.unwrap();
+    assert_eq!(status, 200, "stays ready: it serves the last state it saw");
+}
