@@ -59,8 +59,22 @@ pub async fn check(resolver: SocketAddr, domain: &str, fqdn: &str) -> Finding {
     let want = fqdn.trim_end_matches('.').to_ascii_lowercase();
     let mut name = start.clone();
     for _ in 0..MAX_CHAIN {
-        let response = match ask(resolver, &name).await {
+        let answered = match ask(resolver, &name).await {
+            Ok(response) => match response.metadata.response_code {
+                ResponseCode::NoError | ResponseCode::NXDomain => Ok(response),
+                other => Err(format!("the resolver at {resolver} answered {other}")),
+            },
+            Err(reason) => Err(reason),
+        };
+        let response = match answered {
             Ok(response) => response,
+            // Past the first hop we already know the chain leaves for another name.
+            Err(_) if name != start => {
+                return Finding::WrongTarget {
+                    name: start,
+                    target: name,
+                };
+            }
             Err(reason) => {
                 return Finding::Unresolvable {
                     name: start,
@@ -68,15 +82,6 @@ pub async fn check(resolver: SocketAddr, domain: &str, fqdn: &str) -> Finding {
                 };
             }
         };
-        match response.metadata.response_code {
-            ResponseCode::NoError | ResponseCode::NXDomain => {}
-            other => {
-                return Finding::Unresolvable {
-                    name: start,
-                    reason: format!("the resolver at {resolver} answered {other}"),
-                };
-            }
-        }
         let target = response.answers.iter().find_map(|r| match &r.data {
             RData::CNAME(cname) if r.name.to_ascii().eq_ignore_ascii_case(&name) => {
                 Some(cname.0.to_ascii())

@@ -1,0 +1,153 @@
+//! The delegation check against a real authoritative server (Knot) holding the user's
+//! zones, with and without the `_acme-challenge` CNAME.
+
+mod common;
+
+use std::{path::Path, time::Duration};
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{Api, api::PostParams};
+
+use kube_acme_dns::api::{AcmeDnsAccount, AcmeDnsAccountSpec, DnsLabel, DomainName};
+
+const KNOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/e2e/knot.sh");
+
+fn zone_file(dir: &Path, origin: &str, challenge_cname: Option<&str>) -> String {
+    let path = dir.join(format!("{origin}.zone"));
+    let mut text = format!(
+        "$ORIGIN {origin}.\n$TTL 60\n@ SOA ns.{origin}. hostmaster.{origin}. 1 60 60 600 60\n@ NS ns.{origin}.\nns A 127.0.0.1\n"
+    );
+    if let Some(target) = challenge_cname {
+        text.push_str(&format!("_acme-challenge CNAME {target}\n"));
+    }
+    std::fs::write(&path, text).unwrap();
+    path.to_string_lossy().into_owned()
+}
+
+struct Knot(String);
+impl Drop for Knot {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new(KNOT)
+            .args(["stop", &self.0])
+            .output();
+    }
+}
+
+async fn delegated_condition(
+    accounts: &Api<AcmeDnsAccount>,
+    name: &str,
+    status: &str,
+) -> Condition {
+    common::eventually(
+        &format!("{name} Delegated={status}"),
+        Duration::from_secs(45),
+        || async {
+            let account = accounts.get(name).await.ok()?;
+            account
+                .status?
+                .conditions
+                .into_iter()
+                .find(|c| c.type_ == "Delegated" && c.status == status)
+        },
+    )
+    .await
+}
+
+#[tokio::test]
+async fn delegation_condition_follows_the_users_cname() {
+    let client = common::client().await;
+    common::install_crd(&client).await;
+    let namespace = common::create_namespace(&client, "delegation").await;
+    let accounts: Api<AcmeDnsAccount> = Api::namespaced(client, &namespace);
+
+    let good = common::unique_name("good");
+    let late = common::unique_name("late");
+    let good_fqdn = format!("{good}.auth.example.test.");
+    let late_fqdn = format!("{late}.auth.example.test.");
+    let dir = std::env::temp_dir().join(common::unique_name("knot"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let zones = [
+        zone_file(&dir, "delegated.test", Some(&good_fqdn)),
+        zone_file(&dir, "missing.test", None),
+        zone_file(&dir, "elsewhere.test", Some("other.example.net.")),
+    ];
+    let dir_str = dir.to_string_lossy().into_owned();
+    let mut args = vec!["start", &dir_str];
+    args.extend(zones.iter().map(String::as_str));
+    let port = common::run(KNOT, &args, None).trim().to_string();
+    let _knot = Knot(dir_str.clone());
+
+    let resolver = format!("127.0.0.1:{port}");
+    let _serve = common::spawn_serve(
+        &namespace,
+        &namespace,
+        &["--delegation-resolver", &resolver],
+    );
+    let account = |label: &str, domain: &str| {
+        AcmeDnsAccount::new(
+            label,
+            AcmeDnsAccountSpec {
+                domains: vec![DomainName(domain.into())],
+                subdomain: Some(DnsLabel(label.into())),
+                ..Default::default()
+            },
+        )
+    };
+    let pp = PostParams::default();
+    accounts
+        .create(&pp, &account(&good, "delegated.test"))
+        .await
+        .unwrap();
+    accounts
+        .create(&pp, &account(&late, "missing.test"))
+        .await
+        .unwrap();
+    accounts
+        .create(&pp, &account("wrong", "elsewhere.test"))
+        .await
+        .unwrap();
+
+    let ok = delegated_condition(&accounts, &good, "True").await;
+    assert_eq!(ok.reason, "CnameFound");
+
+    let missing = delegated_condition(&accounts, &late, "False").await;
+    assert_eq!(missing.reason, "CnameMissing");
+    assert!(
+        missing.message.contains(&format!(
+            "publish `_acme-challenge.missing.test. CNAME {late_fqdn}`"
+        )),
+        "the message says what to publish: {}",
+        missing.message
+    );
+
+    let wrong = delegated_condition(&accounts, "wrong", "False").await;
+    assert_eq!(wrong.reason, "CnameWrongTarget");
+    assert!(
+        wrong.message.contains("other.example.net"),
+        "{}",
+        wrong.message
+    );
+
+    let events = common::run(
+        "kubectl",
+        &[
+            "get",
+            "events.events.k8s.io",
+            "-n",
+            &namespace,
+            "-o",
+            "jsonpath={.items[*].reason}",
+        ],
+        None,
+    );
+    assert!(
+        events.contains("Delegated") && events.contains("NotDelegated"),
+        "{events}"
+    );
+
+    // The user publishes the CNAME: the recheck (with backoff) notices.
+    zone_file(&dir, "missing.test", Some(&late_fqdn));
+    common::run(KNOT, &["reload", &dir_str], None);
+    let fixed = delegated_condition(&accounts, &late, "True").await;
+    assert_eq!(fixed.reason, "CnameFound");
+}
