@@ -5,7 +5,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: run test lint build generate deps tools cluster-up cluster-down cluster-env aggregation-check
+.PHONY: run test lint build generate deps tools cluster-up cluster-down cluster-env aggregation-check bench bench-dns
 
 ## run: start a local control plane, install the CRD and a sample account, run `serve`
 run: deps tools
@@ -47,3 +47,10 @@ cluster-env:
 
 aggregation-check:
 	@e2e/aggregation-check.sh
+
+## bench: every benchmark; results go to bench/results/ with the machine and date
+bench: bench-dns
+
+## bench-dns: dnsperf against our responder, Knot and BIND serving the same TXT names
+bench-dns:
+	@bench/dns.sh

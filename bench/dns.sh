@@ -272,8 +272,10 @@ build_ours() {
 }
 
 start_ours() { # N DIR PORT
-  local n=$1 dir=$2 port=$3
-  "$OURS_BIN" --names "$n" --listen "127.0.0.1:$port" --zone "$ZONE" >"$dir/bench_server.log" 2>&1 &
+  local n=$1 dir=$2 port=$3 extra=()
+  # Same worker count as Knot and BIND when bench_server lets us choose it.
+  if "$OURS_BIN" --help 2>/dev/null | grep -q -- '--threads'; then extra=(--threads "$WORKERS"); fi
+  "$OURS_BIN" --names "$n" --listen "127.0.0.1:$port" --zone "$ZONE" "${extra[@]}" >"$dir/bench_server.log" 2>&1 &
   PID[ours]=$!
 }
 
@@ -336,7 +338,9 @@ verify() {
 }
 
 rss_mib() { awk '/^VmRSS:/ { printf "%.0f", $2 / 1024 }' "/proc/$1/status" 2>/dev/null || echo "?"; }
-cpu_busy() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9 }' /proc/stat; }
+# CPU time of the whole machine in ticks: "<user+nice+system+steal> <irq+softirq>". Softirq time (the
+# loopback network path of both dnsperf and the server) is not charged to any process.
+cpu_busy() { awk '/^cpu / { print $2 + $3 + $4 + $9, $7 + $8 }' /proc/stat; }
 proc_cpu() { awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat" 2>/dev/null || echo 0; }
 now_ns() { date +%s%N; }
 # UDP datagrams the kernel dropped because a receive buffer was full (whole network namespace).
@@ -349,18 +353,20 @@ udp_rcvbuf_errors() {
 declare -A R=() # "<field>:<server>:<N>" -> value
 
 # run_dnsperf OUT PORT N ARGS...: dnsperf at the configured concurrency; writes OUT (stdout),
-# OUT.err, and OUT.cpu ("<dnsperf user+sys s> <wall s> <machine busy s> <server cpu s>
-# <UDP receive-buffer drops>").
+# OUT.err, and OUT.cpu ("<dnsperf user+sys s> <wall s> <machine busy s, processes> <server cpu s>
+# <UDP receive-buffer drops> <machine irq+softirq s>").
 run_dnsperf() {
   local out=$1 port=$2 n=$3 s=$4
   shift 4
-  local t0 b0 p0 d0 t1 b1 p1 d1 rc=0 TIMEFORMAT='%U %S'
-  t0=$(now_ns) b0=$(cpu_busy) p0=$(proc_cpu "${PID[$s]}") d0=$(udp_rcvbuf_errors)
+  local t0 b0 i0 p0 d0 t1 b1 i1 p1 d1 rc=0 TIMEFORMAT='%U %S'
+  read -r b0 i0 < <(cpu_busy)
+  t0=$(now_ns) p0=$(proc_cpu "${PID[$s]}") d0=$(udp_rcvbuf_errors)
   { time dnsperf -s 127.0.0.1 -p "$port" -d "$WORK/data-$n/queries.txt" \
       -c "$CLIENTS" -T "$THREADS" "$@" >"$out" 2>"$out.err"; } 2>"$out.time" || rc=$?
-  t1=$(now_ns) b1=$(cpu_busy) p1=$(proc_cpu "${PID[$s]}") d1=$(udp_rcvbuf_errors)
+  t1=$(now_ns) p1=$(proc_cpu "${PID[$s]}") d1=$(udp_rcvbuf_errors)
+  read -r b1 i1 < <(cpu_busy)
   awk -v t0="$t0" -v t1="$t1" -v b="$((b1 - b0))" -v p="$((p1 - p0))" -v hz="$CLK_TCK" -v d="$((d1 - d0))" \
-    '{ printf "%.3f %.3f %.3f %.3f %d\n", $1 + $2, (t1 - t0) / 1e9, b / hz, p / hz, d }' "$out.time" >"$out.cpu"
+    -v i="$((i1 - i0))" '{ printf "%.3f %.3f %.3f %.3f %d %.3f\n", $1 + $2, (t1 - t0) / 1e9, b / hz, p / hz, d, i / hz }' "$out.time" >"$out.cpu"
   if ((rc != 0)); then
     say "dnsperf failed ($rc):"
     tail -n 5 "$out.err" >&2
@@ -386,13 +392,14 @@ throughput() {
 
 # summarize SERVER N DIR: results of the round with the median qps (its own CPU figures).
 summarize() {
-  local s=$1 n=$2 dir=$3 r out median_round cpu_d wall busy cpu_s drops
+  local s=$1 n=$2 dir=$3 r out median_round cpu_d wall busy cpu_s drops irq
   median_round=$(for ((r = 1; r <= ROUNDS; r++)); do
     echo "$(stat_field "$dir/throughput-$r.txt" 'Queries per second:' 4) $r"
   done | sort -g | awk '{ a[NR] = $2 } END { print a[int((NR + 1) / 2)] }')
+  # Each round as "qps (other processes' CPU)", to show which rounds were disturbed.
   R[rounds:$s:$n]=$(for ((r = 1; r <= ROUNDS; r++)); do
-    stat_field "$dir/throughput-$r.txt" 'Queries per second:' 4
-  done | awk '{ printf "%s%.0f", (NR > 1 ? ", " : ""), $1 }')
+    echo "$(stat_field "$dir/throughput-$r.txt" 'Queries per second:' 4) $(cat "$dir/throughput-$r.txt.cpu")"
+  done | awk '{ o = ($4 - $5 - $2) / $3; if (o < 0) o = 0; printf "%s%.0f (other %.2f)", (NR > 1 ? ", " : ""), $1, o }')
   out=$dir/throughput-$median_round.txt
   R[qps:$s:$n]=$(stat_field "$out" 'Queries per second:' 4)
   R[sent:$s:$n]=$(stat_field "$out" 'Queries sent:' 3)
@@ -401,8 +408,9 @@ summarize() {
   R[stddev:$s:$n]=$(stat_field "$out" 'Latency StdDev' 4)
   R[rcodes:$s:$n]=$(awk '/Response codes:/ { sub(/.*Response codes: */, ""); print; exit }' "$out")
   R[size:$s:$n]=$(awk '/Average packet size:/ { print $7; exit }' "$out")
-  read -r cpu_d wall busy cpu_s drops <"$out.cpu"
+  read -r cpu_d wall busy cpu_s drops irq <"$out.cpu"
   R[drops:$s:$n]=$drops
+  R[irqcpu:$s:$n]=$(awk -v a="$irq" -v w="$wall" 'BEGIN { printf "%.2f", a / w }')
   R[percore:$s:$n]=$(awk -v q="${R[qps:$s:$n]}" -v a="$cpu_s" -v w="$wall" 'BEGIN { if (a > 0) printf "%.0f", q / (a / w); else print "-" }')
   R[srvcpu:$s:$n]=$(awk -v a="$cpu_s" -v w="$wall" 'BEGIN { printf "%.2f", a / w }')
   R[perfcpu:$s:$n]=$(awk -v a="$cpu_d" -v w="$wall" 'BEGIN { printf "%.2f", a / w }')
@@ -412,7 +420,7 @@ summarize() {
 
 # latency SERVER PORT N DIR: fixed-rate run, percentiles of every answer's latency.
 latency() {
-  local s=$1 port=$2 n=$3 dir=$4 out=$4/latency.txt cpu_d wall busy cpu_s drops cnt p50 p90 p99 p999 lmax
+  local s=$1 port=$2 n=$3 dir=$4 out=$4/latency.txt cpu_d wall busy cpu_s drops irq cnt p50 p90 p99 p999 lmax
   say "$s, N=$n: latency run, ${LAT_SECONDS}s at $LAT_QPS qps (dnsperf -Q $LAT_QPS -v)"
   run_dnsperf "$out" "$port" "$n" "$s" -l "$LAT_SECONDS" -Q "$LAT_QPS" -q "$OUTSTANDING" -v || return 1
   # Nearest-rank percentiles over every completed query's latency (dnsperf -v prints one
@@ -426,7 +434,7 @@ latency() {
   R[latqps:$s:$n]=$(stat_field "$out" 'Queries per second:' 4)
   R[latlost:$s:$n]=$(stat_field "$out" 'Queries lost:' 4)
   R[latrcodes:$s:$n]=$(awk '/Response codes:/ { sub(/.*Response codes: */, ""); print; exit }' "$out")
-  read -r cpu_d wall busy cpu_s drops <"$out.cpu"
+  read -r cpu_d wall busy cpu_s drops irq <"$out.cpu"
   R[latother:$s:$n]=$(awk -v b="$busy" -v a="$cpu_s" -v d="$cpu_d" -v w="$wall" \
     'BEGIN { o = (b - a - d) / w; if (o < 0) o = 0; printf "%.2f", o }')
   R[p50:$s:$n]=$p50 R[p90:$s:$n]=$p90 R[p99:$s:$n]=$p99 R[p999:$s:$n]=$p999 R[lmax:$s:$n]=$lmax
@@ -573,16 +581,17 @@ os_name=$(awk -F= '/^PRETTY_NAME=/ { gsub(/"/, "", $2); print $2 }' /etc/os-rele
   echo "  with AA and exactly the expected TXT with TTL 1, and NXDOMAIN for a name past the end (kdig)."
   echo "- Servers, $WORKERS worker threads each: Knot \`udp-workers: $WORKERS\`, \`tcp-workers: 1\`, \`background-workers: 1\`;"
   echo "  BIND \`named -n $WORKERS\` with \`recursion no; minimal-responses yes;\` (same answer size as Knot's);"
-  echo "  ours \`bench_server --names N --listen 127.0.0.1:PORT --zone $ZONE\`. Configs and logs of the run: \`bench/.work/run/\`."
+  echo "  ours \`bench_server --names N --listen 127.0.0.1:PORT --zone $ZONE\` (plus \`--threads $WORKERS\` if it has that flag). Configs and logs of the run: \`bench/.work/run/\`."
   echo "- Throughput: ${WARMUP}s warm-up, then $ROUNDS rounds in which the servers take turns, each run"
   echo "  \`dnsperf -c $CLIENTS -T $THREADS -q $OUTSTANDING -l $DURATION\`; the table shows each server's median round."
   echo "  dnsperf runs on the same cores as the server, so it takes CPU the server cannot use;"
-  echo "  the CPU columns show the split (cores busy on average over the run: server process,"
-  echo "  dnsperf, and everything else on the machine including softirq time not charged to a process)."
-  echo "  \"qps per server core\" is qps ÷ the server's own CPU use, the fairer comparison when dnsperf is the"
-  echo "  bottleneck. \"Unanswered\" is dnsperf's \"lost\"; \"UDP receive-buffer drops\" is the kernel's"
+  echo "  the CPU column shows the split (cores busy on average over the run: the server process, dnsperf,"
+  echo "  softirq time — mostly the loopback network path of both, charged to no process — and every other"
+  echo "  process on the machine). \"qps per server core\" is qps ÷ the server's own CPU use, a useful second"
+  echo "  view when dnsperf is the bottleneck; it leaves out the server's share of the softirq time."
+  echo "  \"Unanswered\" is dnsperf's \"lost\"; \"UDP receive-buffer drops\" is the kernel's"
   echo "  RcvbufErrors counter over the run (queries or answers dropped because a socket buffer was full)."
-  echo "- \"other\" CPU above about 0.2 cores means something else ran on the machine during the measurement"
+  echo "- \"other\" above about 0.2 cores means other processes ran on the machine during the measurement"
   echo "  (for example a build): the numbers of that run are disturbed, more so the latency percentiles."
   echo "- Latency: dnsperf 2.10 prints no percentiles, so a separate ${LAT_SECONDS}s run at a fixed $LAT_QPS queries/s"
   echo "  (\`-Q $LAT_QPS -v\`, well below every server's capacity) logs each answer's latency (µs resolution);"
@@ -597,7 +606,7 @@ os_name=$(awk -F= '/^PRETTY_NAME=/ { gsub(/"/, "", $2); print $2 }' /etc/os-rele
     echo
     echo "## N = $n names"
     echo
-    echo "| server | qps | avg @ max (µs) | p50 (µs) | p90 (µs) | p99 (µs) | p99.9 (µs) | CPU cores: server / dnsperf / other | qps per server core | RSS (MiB) | answer (B) |"
+    echo "| server | qps | avg @ max (µs) | p50 (µs) | p90 (µs) | p99 (µs) | p99.9 (µs) | CPU cores: server / dnsperf / softirq / other | qps per server core | RSS (MiB) | answer (B) |"
     echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | :---: | ---: | ---: | ---: |"
     for s in $SERVERS; do
       st=${STATUS[$s:$n]:-not run}
@@ -605,7 +614,7 @@ os_name=$(awk -F= '/^PRETTY_NAME=/ { gsub(/"/, "", $2); print $2 }' /etc/os-rele
         echo "| $(name_of "$s") | $st | | | | | | | | | |"
         continue
       fi
-      echo "| $(name_of "$s") | $(fmt_int "${R[qps:$s:$n]}") | $(us "${R[avg:$s:$n]}") | ${R[p50:$s:$n]} | ${R[p90:$s:$n]} | ${R[p99:$s:$n]} | ${R[p999:$s:$n]} | ${R[srvcpu:$s:$n]} / ${R[perfcpu:$s:$n]} / ${R[othercpu:$s:$n]} | ${R[percore:$s:$n]} | ${R[rss_after:$s:$n]} | ${R[size:$s:$n]} |"
+      echo "| $(name_of "$s") | $(fmt_int "${R[qps:$s:$n]}") | $(us "${R[avg:$s:$n]}") | ${R[p50:$s:$n]} | ${R[p90:$s:$n]} | ${R[p99:$s:$n]} | ${R[p999:$s:$n]} | ${R[srvcpu:$s:$n]} / ${R[perfcpu:$s:$n]} / ${R[irqcpu:$s:$n]} / ${R[othercpu:$s:$n]} | ${R[percore:$s:$n]} | ${R[rss_after:$s:$n]} | ${R[size:$s:$n]} |"
     done
     echo
     for s in $SERVERS; do

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# `make run`: a local control plane, the CRD, a sample AcmeDnsAccount, and
-# `kube-acme-dns serve` in the foreground against it. The control plane keeps running
-# after serve stops; `make cluster-down` stops it.
+# `make run`: a local control plane, the CRD, a sample AcmeDnsAccount, a local Knot
+# server holding the user's zone (example.test) for the delegation check, and
+# `kube-acme-dns serve` in the foreground against it all. The control plane keeps
+# running after serve stops; `make cluster-down` stops it.
 set -euo pipefail
 
 E2E=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -14,6 +15,7 @@ BIN=target/debug/kube-acme-dns
 
 e2e/cluster.sh up
 eval "$(e2e/cluster.sh env)"
+STATE=${KAD_CLUSTER_DIR:-$E2E/.state}
 
 say "installing the AcmeDnsAccount CRD"
 "$BIN" crd | kubectl apply --server-side -f - >/dev/null
@@ -21,6 +23,21 @@ kubectl wait --for condition=Established --timeout=30s crd/acmednsaccounts.acmed
 say "applying the sample account deploy/examples/acmednsaccount.yaml"
 kubectl apply --server-side -f deploy/examples/acmednsaccount.yaml >/dev/null
 
+# The user's own DNS zone, without the _acme-challenge CNAME yet: the account's
+# Delegated condition says what to publish. Everything stays on loopback.
+KNOT_DIR=$STATE/knot
+mkdir -p "$KNOT_DIR"
+e2e/knot.sh stop "$KNOT_DIR" >/dev/null 2>&1 || true
+cat >"$KNOT_DIR/example.test.zone" <<'ZONE'
+$ORIGIN example.test.
+$TTL 60
+@ SOA ns.example.test. hostmaster.example.test. 1 60 60 600 60
+@ NS ns.example.test.
+ns A 127.0.0.1
+ZONE
+KNOT_PORT=$(e2e/knot.sh start "$KNOT_DIR" "$KNOT_DIR/example.test.zone")
+
+DNS_ADDR=${KUBE_ACME_DNS_DNS_ADDR:-127.0.0.1:5353}
 METRICS_ADDR=${KUBE_ACME_DNS_METRICS_ADDR:-127.0.0.1:9090}
 cat >&2 <<TXT
 
@@ -29,14 +46,21 @@ cat >&2 <<TXT
   accounts:
 $(kubectl get acmedns -A | sed 's/^/    /')
 
+  DNS (zone auth.example.test) on $DNS_ADDR; the user's zone example.test in Knot on 127.0.0.1:$KNOT_PORT.
   Try, in another shell:
     eval "\$(make -s cluster-env)"
-    kubectl get acmedns -A
-    kubectl explain acmednsaccount.spec
-    curl -s http://$METRICS_ADDR/readyz; curl -s http://$METRICS_ADDR/metrics | grep kube_acme_dns
+    kubectl get acmedns -A                       # FQDN, Delegated, Ready
+    kubectl describe acmedns example-test        # conditions and Events say what to publish
+    FQDN=\$(kubectl get acmedns example-test -o jsonpath='{.status.fqdn}')
+    kubectl patch acmedns example-test --subresource=status --type=merge \\
+      -p '{"status":{"txt":[{"value":"hello","updatedAt":"'\$(date -u +%FT%TZ)'"}]}}'
+    dig @${DNS_ADDR%:*} -p ${DNS_ADDR##*:} \$FQDN TXT
+    curl -s http://$METRICS_ADDR/metrics | grep kube_acme_dns_
   Stop serve with Ctrl-C; stop the control plane with: make cluster-down
 
 TXT
 say "starting kube-acme-dns serve (Ctrl-C to stop)"
-export KUBE_ACME_DNS_METRICS_ADDR=$METRICS_ADDR
-exec "$BIN" serve
+trap 'e2e/knot.sh stop "$KNOT_DIR" >/dev/null 2>&1 || true' EXIT
+KUBE_ACME_DNS_DNS_ADDR=$DNS_ADDR KUBE_ACME_DNS_METRICS_ADDR=$METRICS_ADDR \
+  "$BIN" serve --nameserver-address 127.0.0.1 --delegation-resolver "127.0.0.1:$KNOT_PORT" \
+  --leader-election-namespace default

@@ -62,6 +62,7 @@ async fn delegation_condition_follows_the_users_cname() {
 
     let good = common::unique_name("good");
     let late = common::unique_name("late");
+    let wrong = common::unique_name("wrong");
     let good_fqdn = format!("{good}.auth.example.test.");
     let late_fqdn = format!("{late}.auth.example.test.");
     let dir = std::env::temp_dir().join(common::unique_name("knot"));
@@ -120,7 +121,7 @@ async fn delegation_condition_follows_the_users_cname() {
         missing.message
     );
 
-    let wrong = delegated_condition(&accounts, "wrong", "False").await;
+    let wrong = delegated_condition(&accounts, &wrong, "False").await;
     assert_eq!(wrong.reason, "CnameWrongTarget");
     assert!(
         wrong.message.contains("other.example.net"),
