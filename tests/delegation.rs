@@ -104,7 +104,7 @@ async fn delegation_condition_follows_the_users_cname() {
         .await
         .unwrap();
     accounts
-        .create(&pp, &account("wrong", "elsewhere.test"))
+        .create(&pp, &account(&wrong, "elsewhere.test"))
         .await
         .unwrap();
 
@@ -121,12 +121,12 @@ async fn delegation_condition_follows_the_users_cname() {
         missing.message
     );
 
-    let wrong = delegated_condition(&accounts, &wrong, "False").await;
-    assert_eq!(wrong.reason, "CnameWrongTarget");
+    let elsewhere = delegated_condition(&accounts, &wrong, "False").await;
+    assert_eq!(elsewhere.reason, "CnameWrongTarget");
     assert!(
-        wrong.message.contains("other.example.net"),
+        elsewhere.message.contains("other.example.net"),
         "{}",
-        wrong.message
+        elsewhere.message
     );
 
     let events = common::run(
