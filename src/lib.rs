@@ -10,3 +10,4 @@ pub mod health;
 pub mod index;
 pub mod serve;
 pub mod telemetry;
+pub mod webhook;

@@ -27,6 +27,7 @@ use crate::{
     dns::{Zone, ZoneConfig, metrics::DnsMetrics, server::DnsSockets},
     health::{self, Health},
     index::{AccountIndex, AccountKey},
+    webhook::{self, WebhookArgs, solver::Solver},
 };
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -35,6 +36,8 @@ pub enum Role {
     Dns,
     /// The account controller (leader-elected: one replica at a time reconciles).
     Controller,
+    /// The cert-manager DNS-01 webhook solver (needs a serving certificate).
+    Webhook,
 }
 
 #[derive(clap::Args, Debug)]
@@ -67,6 +70,9 @@ pub struct ServeArgs {
 
     #[command(flatten)]
     pub controller: ControllerArgs,
+
+    #[command(flatten)]
+    pub webhook: WebhookArgs,
 
     /// This replica's name in the leader election Lease and in Events. Defaults to the
     /// pod name (POD_NAME or HOSTNAME) with a random suffix.
@@ -189,6 +195,20 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         futures::future::Either::Right(std::future::pending())
     };
 
+    let webhook = if args.roles.contains(&Role::Webhook) {
+        let solver = Solver {
+            client: client.clone(),
+            index: index.clone(),
+            zone: args.dns.zone.clone(),
+            cluster_resource_namespace: args.webhook.cluster_resource_namespace.clone(),
+            cross_namespace: args.webhook.webhook_cross_namespace,
+            max_txt_values: args.webhook.max_txt_values as usize,
+        };
+        futures::future::Either::Left(webhook::serve(args.webhook.clone(), client.clone(), solver))
+    } else {
+        futures::future::Either::Right(std::future::pending())
+    };
+
     let controller = if args.roles.contains(&Role::Controller) {
         let identity = args.identity.clone().unwrap_or_else(default_identity);
         let metrics = ControllerMetrics::new(&registry)?;
@@ -211,6 +231,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         result = http => result.context("metrics server failed"),
         () = dns => Err(anyhow::anyhow!("the DNS TCP server stopped")),
         () = controller => Err(anyhow::anyhow!("the controller stopped")),
+        result = webhook => result.context("the webhook solver failed"),
         () = watch => Err(anyhow::anyhow!("the AcmeDnsAccount watch ended, which it never should")),
         () = health::shutdown_signal() => Ok(()),
     };

@@ -12,7 +12,7 @@
 //! namespace/name, so every replica picks the same one.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::HashMap,
     hash::{Hash, Hasher},
     sync::{Arc, Mutex},
 };
@@ -107,15 +107,30 @@ struct Claim {
 }
 
 struct Entry {
+    /// resourceVersion as a number, when it is one (etcd revisions are).
+    version: Option<u64>,
     label: Option<Label>,
     claim: Claim,
+    domains: Vec<String>,
     served: Arc<ServedName>,
 }
 
 #[derive(Default)]
 struct WriterState {
     accounts: HashMap<AccountKey, Entry>,
-    claims: HashMap<Label, BTreeMap<Claim, ()>>,
+    /// Label → accounts claiming it, oldest first (almost always exactly one, so a
+    /// sorted Vec: a BTreeMap node would cost ~700 bytes per label).
+    claims: HashMap<Label, Vec<Claim>>,
+    /// `spec.domains` (lowercase) → accounts listing it, oldest first, for the
+    /// webhook's lookup.
+    domains: HashMap<String, Vec<Claim>>,
+}
+
+/// Inserts `claim` keeping the list sorted and free of duplicates.
+fn add_claim(claims: &mut Vec<Claim>, claim: Claim) {
+    if let Err(at) = claims.binary_search(&claim) {
+        claims.insert(at, claim);
+    }
 }
 
 pub struct AccountIndex {
@@ -179,8 +194,24 @@ impl AccountIndex {
         state
             .claims
             .get(label)
-            .map(|c| c.keys().map(|claim| claim.account.clone()).collect())
+            .map(|c| c.iter().map(|claim| claim.account.clone()).collect())
             .unwrap_or_default()
+    }
+
+    /// Accounts whose `spec.domains` lists `domain`, oldest first.
+    pub fn accounts_for_domain(&self, domain: &str) -> Vec<AccountKey> {
+        let state = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+        state
+            .domains
+            .get(&domain)
+            .map(|c| c.iter().map(|claim| claim.account.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    /// The account served at `label`, if any.
+    pub fn account_for_label(&self, label: &Label) -> Option<AccountKey> {
+        self.lookup(label).map(|served| served.account.clone())
     }
 
     /// Accounts known, names served, TXT values served.
@@ -193,6 +224,19 @@ impl AccountIndex {
 
     fn apply_locked(&self, state: &mut WriterState, account: &AcmeDnsAccount) {
         let key = AccountKey::of(account);
+        let version = account
+            .metadata
+            .resource_version
+            .as_deref()
+            .and_then(|v| v.parse::<u64>().ok());
+        // The webhook applies what it wrote at once; a watch event for an older version
+        // arriving after that must not take the value away again. resourceVersions are
+        // opaque by contract, so this only applies when both are numbers.
+        if let (Some(new), Some(Some(old))) = (version, state.accounts.get(&key).map(|e| e.version))
+            && new < old
+        {
+            return;
+        }
         let status = account.status.as_ref();
         let label = status
             .and_then(|s| s.subdomain.as_ref())
@@ -212,14 +256,43 @@ impl AccountIndex {
             txt_count: status.map_or(0, |s| s.txt.len().min(u16::MAX as usize) as u16),
         });
 
+        let mut domains: Vec<String> = account
+            .spec
+            .domains
+            .iter()
+            .map(|d| d.0.trim_end_matches('.').to_ascii_lowercase())
+            .collect();
+        domains.sort();
+        domains.dedup();
+        for domain in &domains {
+            add_claim(
+                state.domains.entry(domain.clone()).or_default(),
+                claim.clone(),
+            );
+        }
         let previous = state.accounts.insert(
             key.clone(),
             Entry {
+                version,
                 label,
                 claim: claim.clone(),
+                domains,
                 served,
             },
         );
+        if let Some(old) = &previous {
+            let current = &state.accounts[&key].domains;
+            let stale: Vec<String> = old
+                .domains
+                .iter()
+                .filter(|d| !current.contains(d) || old.claim != claim)
+                .cloned()
+                .collect();
+            // The new claims are in already; drop the old ones no longer true.
+            for domain in stale {
+                release_domain(state, &domain, &old.claim);
+            }
+        }
         if let Some(old) = previous
             && let Some(old_label) = old.label
             && (Some(old_label) != label || old.claim != claim)
@@ -228,15 +301,19 @@ impl AccountIndex {
             self.publish(state, &old_label);
         }
         if let Some(label) = label {
-            state.claims.entry(label).or_default().insert(claim, ());
+            add_claim(state.claims.entry(label).or_default(), claim);
             self.publish(state, &label);
         }
     }
 
     fn remove_locked(&self, state: &mut WriterState, key: &AccountKey) {
-        if let Some(old) = state.accounts.remove(key)
-            && let Some(label) = old.label
-        {
+        let Some(old) = state.accounts.remove(key) else {
+            return;
+        };
+        for domain in &old.domains {
+            release_domain(state, domain, &old.claim);
+        }
+        if let Some(label) = old.label {
             release_claim(state, &label, &old.claim);
             self.publish(state, &label);
         }
@@ -247,7 +324,7 @@ impl AccountIndex {
         let winner = state
             .claims
             .get(label)
-            .and_then(|claims| claims.keys().next())
+            .and_then(|claims| claims.first())
             .and_then(|claim| state.accounts.get(&claim.account));
         let served = self.served.pin();
         match winner {
@@ -261,9 +338,18 @@ impl AccountIndex {
     }
 }
 
+fn release_domain(state: &mut WriterState, domain: &str, claim: &Claim) {
+    if let Some(claims) = state.domains.get_mut(domain) {
+        claims.retain(|c| c != claim);
+        if claims.is_empty() {
+            state.domains.remove(domain);
+        }
+    }
+}
+
 fn release_claim(state: &mut WriterState, label: &Label, claim: &Claim) {
     if let Some(claims) = state.claims.get_mut(label) {
-        claims.remove(claim);
+        claims.retain(|c| c != claim);
         if claims.is_empty() {
             state.claims.remove(label);
         }

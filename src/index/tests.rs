@@ -131,3 +131,52 @@ fn labels_longer_than_63_bytes_are_not_labels() {
     assert!(Label::new(&[b'a'; 64]).is_none());
     assert!(Label::new(b"").is_none());
 }
+
+fn with_domains(mut account: AcmeDnsAccount, domains: &[&str]) -> AcmeDnsAccount {
+    account.spec.domains = domains
+        .iter()
+        .map(|d| crate::api::DomainName(d.to_string()))
+        .collect();
+    account
+}
+
+#[test]
+fn accounts_are_found_by_the_domains_they_list() {
+    let index = AccountIndex::new(1);
+    index.apply(&with_domains(
+        account("a", 1, Some("x"), &[]),
+        &["example.test", "b.test"],
+    ));
+    index.apply(&with_domains(
+        account("b", 2, Some("y"), &[]),
+        &["Example.Test"],
+    ));
+    let names = |d: &str| -> Vec<String> {
+        index
+            .accounts_for_domain(d)
+            .into_iter()
+            .map(|k| k.name)
+            .collect()
+    };
+    assert_eq!(names("example.test."), ["a", "b"]);
+    assert_eq!(names("b.test"), ["a"]);
+    // Changing the list moves the account; deleting removes it.
+    index.apply(&with_domains(account("a", 1, Some("x"), &[]), &["c.test"]));
+    assert_eq!(names("example.test"), ["b"]);
+    assert!(names("b.test").is_empty());
+    assert_eq!(names("c.test"), ["a"]);
+    index.delete(&account("b", 2, Some("y"), &[]));
+    assert!(names("example.test").is_empty());
+}
+
+#[test]
+fn an_older_version_arriving_late_does_not_undo_a_newer_one() {
+    let index = AccountIndex::new(1);
+    let mut newer = account("a", 1, Some("abc"), &["new"]);
+    newer.metadata.resource_version = Some("20".into());
+    let mut older = account("a", 1, Some("abc"), &[]);
+    older.metadata.resource_version = Some("19".into());
+    index.apply(&newer);
+    index.apply(&older);
+    assert_eq!(served(&index, "abc"), Some(("a".into(), 1)));
+}

@@ -154,6 +154,8 @@ pub fn chart_identity_kubeconfig() -> std::path::PathBuf {
         "templates/serviceaccount.yaml",
         "--show-only",
         "templates/rbac.yaml",
+        "--show-only",
+        "templates/rbac-webhook.yaml",
     ]);
     run("kubectl", &["apply", "-f", "-"], Some(&identity));
     let service_account = format!("{RELEASE}-kube-acme-dns");
@@ -211,24 +213,34 @@ pub fn spawn_serve(namespace: &str, lease: &str, extra: &[&str]) -> Serve {
     spawn_serve_as(chart_identity_kubeconfig(), namespace, lease, &args)
 }
 
+/// Starts `serve` watching every namespace.
+pub fn spawn_serve_all_namespaces(kubeconfig: std::path::PathBuf, extra: &[&str]) -> Serve {
+    spawn(kubeconfig, extra)
+}
+
 pub fn spawn_serve_as(
     kubeconfig: std::path::PathBuf,
     namespace: &str,
     lease: &str,
     extra: &[&str],
 ) -> Serve {
+    let mut args = vec![
+        "--watch-namespace",
+        namespace,
+        "--leader-election-lease",
+        lease,
+    ];
+    args.extend_from_slice(extra);
+    spawn(kubeconfig, &args)
+}
+
+fn spawn(kubeconfig: std::path::PathBuf, extra: &[&str]) -> Serve {
     let dns: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let metrics: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let child = tokio::process::Command::new(BIN)
         .args(["serve", "--zone", "auth.example.test"])
-        .args([
-            "--dns-addr",
-            &dns.to_string(),
-            "--metrics-addr",
-            &metrics.to_string(),
-        ])
-        .args(["--watch-namespace", namespace])
-        .args(["--leader-election-lease", lease])
+        .args(["--dns-addr", &dns.to_string()])
+        .args(["--metrics-addr", &metrics.to_string()])
         .args(["--nameserver-address", "127.0.0.1"])
         .args(extra)
         .env("KUBECONFIG", kubeconfig)

@@ -1,0 +1,789 @@
+//! The cert-manager webhook solver through the real aggregation layer: kube-apiserver
+//! proxies `POST /apis/acme.acmedns.io/v1alpha1/acme-dns` to `serve` on loopback, the
+//! caller authenticated as cert-manager's ServiceAccount with the chart's RBAC.
+//!
+//! The APIService is cluster-wide, so the behaviours run in sequence in one test, each
+//! in a function named after it.
+
+mod common;
+
+use std::{path::Path, time::Duration};
+
+use kube::{Api, Client, api::PostParams};
+use serde_json::{Value, json};
+
+use kube_acme_dns::api::{AcmeDnsAccount, AcmeDnsAccountSpec, DnsLabel, DomainName};
+
+const SOLVER_PATH: &str = "/apis/acme.acmedns.io/v1alpha1/acme-dns";
+
+struct Fixture {
+    /// cert-manager's ServiceAccount, bound by the chart's domain-solver role.
+    cert_manager: Client,
+    admin: Client,
+    dns: std::net::SocketAddr,
+    webhook: std::net::SocketAddr,
+    pki: std::path::PathBuf,
+    tenant_a: String,
+    tenant_b: String,
+    _processes: Vec<common::Serve>,
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let output = std::process::Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl");
+    assert!(
+        output.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// A CA and a serving certificate for the name the aggregator checks:
+/// `<service>.<namespace>.svc`.
+fn serving_pki(dir: &Path, dns_name: &str) {
+    std::fs::create_dir_all(dir).unwrap();
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=webhook-test-ca",
+        ],
+    );
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "tls.key",
+            "-out",
+            "tls.csr",
+            "-subj",
+            &format!("/CN={dns_name}"),
+        ],
+    );
+    std::fs::write(
+        dir.join("san.ext"),
+        format!("subjectAltName=DNS:{dns_name}\n"),
+    )
+    .unwrap();
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "tls.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "tls.crt",
+            "-days",
+            "1",
+            "-extfile",
+            "san.ext",
+        ],
+    );
+}
+
+async fn client_from(kubeconfig: &Path) -> Client {
+    let config = kube::Config::from_custom_kubeconfig(
+        kube::config::Kubeconfig::read_from(kubeconfig).unwrap(),
+        &Default::default(),
+    )
+    .await
+    .unwrap();
+    Client::try_from(config).unwrap()
+}
+
+/// A kubeconfig for a ServiceAccount (created if missing), authenticated by a token.
+fn service_account_kubeconfig(namespace: &str, name: &str) -> std::path::PathBuf {
+    let manifest = format!(
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {namespace}\n---\napiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: {name}\n  namespace: {namespace}\n"
+    );
+    common::run("kubectl", &["apply", "-f", "-"], Some(&manifest));
+    let token = common::run(
+        "kubectl",
+        &["create", "token", name, "-n", namespace, "--duration", "1h"],
+        None,
+    );
+    let mut kubeconfig = kube::config::Kubeconfig::read().unwrap();
+    for auth in &mut kubeconfig.auth_infos {
+        auth.auth_info = Some(kube::config::AuthInfo {
+            token: Some(token.trim().to_string().into()),
+            ..Default::default()
+        });
+    }
+    let path = std::env::temp_dir().join(format!("{}.kubeconfig", common::unique_name(name)));
+    std::fs::write(&path, serde_yaml::to_string(&kubeconfig).unwrap()).unwrap();
+    path
+}
+
+async fn fixture() -> Fixture {
+    let admin = common::client().await;
+    common::install_crd(&admin).await;
+    let tenant_a = common::create_namespace(&admin, "tenant-a").await;
+    let tenant_b = common::create_namespace(&admin, "tenant-b").await;
+
+    let service = format!("{}-kube-acme-dns", common::RELEASE);
+    let pki = std::env::temp_dir().join(common::unique_name("webhook-pki"));
+    serving_pki(
+        &pki,
+        &format!("{service}.{}.svc", common::RELEASE_NAMESPACE),
+    );
+
+    // One process serves DNS and the webhook for every namespace; one controller per
+    // tenant namespace assigns subdomains there.
+    let webhook_port = common::free_port();
+    let webhook: std::net::SocketAddr = format!("127.0.0.1:{webhook_port}").parse().unwrap();
+    let cert = pki.join("tls.crt");
+    let key = pki.join("tls.key");
+    let kubeconfig = common::chart_identity_kubeconfig();
+    let solver = common::spawn_serve_all_namespaces(
+        kubeconfig.clone(),
+        &[
+            "--roles",
+            "dns,webhook",
+            "--webhook-addr",
+            &webhook.to_string(),
+            "--webhook-tls-cert",
+            cert.to_str().unwrap(),
+            "--webhook-tls-key",
+            key.to_str().unwrap(),
+            "--webhook-authorize",
+        ],
+    );
+    let dns = solver.dns;
+    let controllers: Vec<common::Serve> = [&tenant_a, &tenant_b]
+        .iter()
+        .map(|ns| common::spawn_serve(ns, ns, &["--roles", "controller"]))
+        .collect();
+    common::wait_ready(&solver).await;
+
+    // The chart's APIService and Service, pointed at this process on loopback: an
+    // ExternalName Service `localhost`, the port in the APIService, our CA as caBundle.
+    let rendered = common::render_chart(&["--show-only", "templates/apiservice.yaml"]);
+    let mut apiservice: Value = serde_yaml::from_str(&rendered).unwrap();
+    apiservice["spec"]["service"]["port"] = json!(webhook_port);
+    let ca = std::fs::read(pki.join("ca.crt")).unwrap();
+    apiservice["spec"]["caBundle"] = json!(base64(&ca));
+    let external = json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": { "name": service, "namespace": common::RELEASE_NAMESPACE },
+        "spec": { "type": "ExternalName", "externalName": "localhost" },
+    });
+    for object in [&external, &apiservice] {
+        common::run(
+            "kubectl",
+            &["apply", "--server-side", "--force-conflicts", "-f", "-"],
+            Some(&object.to_string()),
+        );
+    }
+    let available = common::eventually(
+        "the APIService Available",
+        Duration::from_secs(30),
+        || async {
+            let out = common::run(
+                "kubectl",
+                &[
+                    "get",
+                    "apiservice",
+                    "v1alpha1.acme.acmedns.io",
+                    "-o",
+                    "jsonpath={.status.conditions[?(@.type==\"Available\")].status}",
+                ],
+                None,
+            );
+            (out.trim() == "True").then_some(())
+        },
+    );
+    available.await;
+
+    let cert_manager =
+        client_from(&service_account_kubeconfig("cert-manager", "cert-manager")).await;
+    let mut processes = controllers;
+    processes.push(solver);
+    Fixture {
+        cert_manager,
+        admin,
+        dns,
+        webhook,
+        pki,
+        tenant_a,
+        tenant_b,
+        _processes: processes,
+    }
+}
+
+fn base64(bytes: &[u8]) -> String {
+    const TABLE: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(TABLE[(n >> (18 - 6 * i)) as usize & 63] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// POSTs a body to the solver through kube-apiserver; returns the HTTP status and body.
+async fn post(client: &Client, body: Vec<u8>) -> (u16, Value) {
+    let request = http::Request::post(SOLVER_PATH)
+        .header("Content-Type", "application/json")
+        .body(body)
+        .unwrap();
+    match client.request_text(request).await {
+        Ok(text) => (
+            200,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        ),
+        Err(kube::Error::Api(status)) => (status.code, json!({ "message": status.message })),
+        Err(e) => panic!("request failed: {e}"),
+    }
+}
+
+fn payload(
+    action: &str,
+    dns_name: &str,
+    key: &str,
+    namespace: &str,
+    resolved_fqdn: &str,
+    config: Value,
+) -> Vec<u8> {
+    // As cert-manager sends it: empty uid, no apiVersion/kind.
+    serde_json::to_vec(&json!({
+        "request": {
+            "uid": "",
+            "action": action,
+            "type": "dns-01",
+            "dnsName": dns_name,
+            "key": key,
+            "resourceNamespace": namespace,
+            "resolvedFQDN": resolved_fqdn,
+            "resolvedZone": format!("{dns_name}."),
+            "allowAmbientCredentials": false,
+            "config": config,
+        }
+    }))
+    .unwrap()
+}
+
+fn success(reply: &Value) -> bool {
+    reply["response"]["success"] == json!(true)
+}
+
+fn failure_message(reply: &Value) -> String {
+    assert_eq!(reply["response"]["success"], json!(false), "{reply}");
+    reply["response"]["status"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+async fn account_with(
+    f: &Fixture,
+    namespace: &str,
+    name: &str,
+    domain: &str,
+) -> (Api<AcmeDnsAccount>, String) {
+    let api: Api<AcmeDnsAccount> = Api::namespaced(f.admin.clone(), namespace);
+    let label = common::unique_name("wh");
+    let spec = AcmeDnsAccountSpec {
+        domains: vec![DomainName(domain.into())],
+        subdomain: Some(DnsLabel(label.clone())),
+        ..Default::default()
+    };
+    api.create(&PostParams::default(), &AcmeDnsAccount::new(name, spec))
+        .await
+        .unwrap();
+    common::eventually("subdomain assigned", Duration::from_secs(20), || async {
+        api.get(name).await.ok()?.status?.subdomain
+    })
+    .await;
+    // The solver's own index must have seen it too before lookups by domain work.
+    let fqdn = format!("{label}.auth.example.test.");
+    (api, fqdn)
+}
+
+async fn txt_values(api: &Api<AcmeDnsAccount>, name: &str) -> Vec<String> {
+    let account = api.get(name).await.unwrap();
+    account
+        .status
+        .unwrap_or_default()
+        .txt
+        .into_iter()
+        .map(|t| t.value)
+        .collect()
+}
+
+fn dig_txt(f: &Fixture, fqdn: &str) -> String {
+    common::run(
+        "dig",
+        &[
+            &format!("@{}", f.dns.ip()),
+            "-p",
+            &f.dns.port().to_string(),
+            "+short",
+            fqdn,
+            "TXT",
+        ],
+        None,
+    )
+}
+
+#[tokio::test]
+async fn webhook_through_the_aggregation_layer() {
+    let f = fixture().await;
+    discovery_is_served_through_the_aggregator(&f).await;
+    present_is_answered_by_dns_at_once_and_clean_up_removes_exactly_its_key(&f).await;
+    concurrent_presents_on_one_account_all_land(&f).await;
+    unknown_domain_fails_with_how_to_create_an_account(&f).await;
+    followed_cname_finds_the_account_by_its_fqdn(&f).await;
+    namespaced_issuers_reach_only_their_own_namespace(&f).await;
+    bad_input_gets_a_clear_error_and_writes_nothing(&f).await;
+    callers_without_the_front_proxy_certificate_are_refused(&f).await;
+    users_without_rbac_are_refused_by_the_api_server(&f).await;
+}
+
+async fn discovery_is_served_through_the_aggregator(_f: &Fixture) {
+    let out = common::run(
+        "kubectl",
+        &["get", "--raw", "/apis/acme.acmedns.io/v1alpha1"],
+        None,
+    );
+    let list: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(list["kind"], "APIResourceList");
+    assert_eq!(list["resources"][0]["name"], "acme-dns");
+    assert_eq!(list["resources"][0]["verbs"], json!(["create"]));
+}
+
+async fn present_is_answered_by_dns_at_once_and_clean_up_removes_exactly_its_key(f: &Fixture) {
+    let domain = format!("{}.example.test", common::unique_name("present"));
+    let (api, fqdn) = account_with(f, &f.tenant_a, "present", &domain).await;
+    let ns = &f.tenant_a;
+    let resolved = format!("_acme-challenge.{domain}.");
+    // Wait for the solver's index to list the domain (it watches on its own).
+    common::eventually(
+        "solver sees the account",
+        Duration::from_secs(10),
+        || async {
+            let (_, reply) = post(
+                &f.cert_manager,
+                payload(
+                    "Present",
+                    &domain,
+                    "key-one-aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+                    ns,
+                    &resolved,
+                    Value::Null,
+                ),
+            )
+            .await;
+            success(&reply).then_some(())
+        },
+    )
+    .await;
+    // The replica that wrote answers at once: no waiting for the watch.
+    assert!(
+        dig_txt(f, &fqdn).contains("key-one"),
+        "answered right after Present"
+    );
+
+    // Idempotent: the same Present again changes nothing.
+    let (code, reply) = post(
+        &f.cert_manager,
+        payload(
+            "Present",
+            &domain,
+            "key-one-aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+            ns,
+            &resolved,
+            Value::Null,
+        ),
+    )
+    .await;
+    assert_eq!(code, 200);
+    assert!(success(&reply), "{reply}");
+    let (_, reply) = post(
+        &f.cert_manager,
+        payload(
+            "Present",
+            &domain,
+            "key-two-bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb",
+            ns,
+            &resolved,
+            Value::Null,
+        ),
+    )
+    .await;
+    assert!(success(&reply), "{reply}");
+    assert_eq!(txt_values(&api, "present").await.len(), 2);
+    assert_eq!(reply["kind"], "ChallengePayload");
+    assert_eq!(reply["response"]["uid"], "");
+
+    // CleanUp of one key keeps the other (cert-manager's strict mode).
+    let (_, reply) = post(
+        &f.cert_manager,
+        payload(
+            "CleanUp",
+            &domain,
+            "key-one-aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+            ns,
+            &resolved,
+            Value::Null,
+        ),
+    )
+    .await;
+    assert!(success(&reply), "{reply}");
+    assert_eq!(
+        txt_values(&api, "present").await,
+        ["key-two-bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb"]
+    );
+    let answer = dig_txt(f, &fqdn);
+    assert!(
+        !answer.contains("key-one") && answer.contains("key-two"),
+        "{answer}"
+    );
+    // CleanUp of a key that is not there succeeds and changes nothing.
+    let (_, reply) = post(
+        &f.cert_manager,
+        payload(
+            "CleanUp",
+            &domain,
+            "never-presented",
+            ns,
+            &resolved,
+            Value::Null,
+        ),
+    )
+    .await;
+    assert!(success(&reply), "{reply}");
+    assert_eq!(txt_values(&api, "present").await.len(), 1);
+}
+
+async fn concurrent_presents_on_one_account_all_land(f: &Fixture) {
+    let domain = format!("{}.example.test", common::unique_name("concurrent"));
+    let (api, _) = account_with(f, &f.tenant_a, "concurrent", &domain).await;
+    let ns = f.tenant_a.clone();
+    let resolved = format!("_acme-challenge.{domain}.");
+    common::eventually(
+        "solver sees the account",
+        Duration::from_secs(10),
+        || async {
+            let (_, reply) = post(
+                &f.cert_manager,
+                payload("Present", &domain, "warm-up", &ns, &resolved, Value::Null),
+            )
+            .await;
+            success(&reply).then_some(())
+        },
+    )
+    .await;
+    let keys: Vec<String> = (0..6).map(|i| format!("concurrent-key-{i}")).collect();
+    let replies = futures::future::join_all(keys.iter().map(|k| {
+        post(
+            &f.cert_manager,
+            payload("Present", &domain, k, &ns, &resolved, Value::Null),
+        )
+    }))
+    .await;
+    for (_, reply) in &replies {
+        assert!(success(reply), "{reply}");
+    }
+    let values = txt_values(&api, "concurrent").await;
+    for k in &keys {
+        assert!(values.contains(k), "{k} lost among {values:?}");
+    }
+}
+
+async fn unknown_domain_fails_with_how_to_create_an_account(f: &Fixture) {
+    let (code, reply) = post(
+        &f.cert_manager,
+        payload(
+            "Present",
+            "nobody.example.test",
+            "k",
+            &f.tenant_a,
+            "_acme-challenge.nobody.example.test.",
+            Value::Null,
+        ),
+    )
+    .await;
+    assert_eq!(code, 200, "a solver failure is not an HTTP error");
+    let message = failure_message(&reply);
+    assert!(message.contains("nobody.example.test"), "{message}");
+    assert!(message.contains("spec.domains"), "{message}");
+}
+
+async fn followed_cname_finds_the_account_by_its_fqdn(f: &Fixture) {
+    // cnameStrategy: Follow — cert-manager resolved the user's CNAME to our name; the
+    // account lists some other domain.
+    let (api, fqdn) = account_with(f, &f.tenant_a, "followed", "unrelated.example.test").await;
+    common::eventually("found by FQDN", Duration::from_secs(10), || async {
+        let (_, reply) = post(
+            &f.cert_manager,
+            payload(
+                "Present",
+                "cname-only.example.test",
+                "followed-key",
+                &f.tenant_a,
+                &fqdn,
+                Value::Null,
+            ),
+        )
+        .await;
+        success(&reply).then_some(())
+    })
+    .await;
+    assert_eq!(txt_values(&api, "followed").await, ["followed-key"]);
+}
+
+async fn namespaced_issuers_reach_only_their_own_namespace(f: &Fixture) {
+    let domain = format!("{}.example.test", common::unique_name("tenant"));
+    let (api, _) = account_with(f, &f.tenant_b, "theirs", &domain).await;
+    let config = json!({ "accountRef": { "name": "theirs", "namespace": f.tenant_b } });
+    let (_, reply) = post(
+        &f.cert_manager,
+        payload("Present", &domain, "intruder", &f.tenant_a, "", config),
+    )
+    .await;
+    let message = failure_message(&reply);
+    assert!(message.contains("own namespace"), "{message}");
+    // Nor by domain: an Issuer in tenant-a does not see tenant-b's accounts.
+    let (_, reply) = post(
+        &f.cert_manager,
+        payload("Present", &domain, "intruder", &f.tenant_a, "", Value::Null),
+    )
+    .await;
+    failure_message(&reply);
+    assert!(
+        txt_values(&api, "theirs").await.is_empty(),
+        "nothing written"
+    );
+    // A ClusterIssuer (cert-manager's cluster resource namespace) reaches it.
+    let config = json!({ "accountRef": { "name": "theirs", "namespace": f.tenant_b } });
+    let (_, reply) = post(
+        &f.cert_manager,
+        payload(
+            "Present",
+            &domain,
+            "cluster-issuer",
+            "cert-manager",
+            "",
+            config,
+        ),
+    )
+    .await;
+    assert!(success(&reply), "{reply}");
+}
+
+async fn bad_input_gets_a_clear_error_and_writes_nothing(f: &Fixture) {
+    let domain = format!("{}.example.test", common::unique_name("bad"));
+    let (api, _) = account_with(f, &f.tenant_a, "bad-input", &domain).await;
+    let ns = &f.tenant_a;
+
+    let (code, reply) = post(&f.cert_manager, b"{not json".to_vec()).await;
+    assert_eq!(code, 400, "{reply}");
+    assert!(
+        reply["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("not a ChallengePayload"),
+        "{reply}"
+    );
+
+    let (code, reply) = post(&f.cert_manager, b"{}".to_vec()).await;
+    assert_eq!(code, 400, "{reply}");
+    assert!(
+        reply["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("no request"),
+        "{reply}"
+    );
+
+    let mut oversized = payload("Present", &domain, "k", ns, "", Value::Null);
+    oversized.splice(
+        1..1,
+        format!("\"padding\":\"{}\",", "x".repeat(100 * 1024)).into_bytes(),
+    );
+    let (code, _) = post(&f.cert_manager, oversized).await;
+    assert_eq!(code, 413, "oversized body");
+
+    let (code, reply) = post(
+        &f.cert_manager,
+        payload("Destroy", &domain, "k", ns, "", Value::Null),
+    )
+    .await;
+    assert_eq!(code, 200);
+    assert!(
+        failure_message(&reply).contains("Present or CleanUp"),
+        "{reply}"
+    );
+
+    let (_, reply) = post(
+        &f.cert_manager,
+        payload("Present", &domain, "k", ns, "", json!({"acountRef": {}})),
+    )
+    .await;
+    assert!(failure_message(&reply).contains("accountRef"), "{reply}");
+
+    let (_, reply) = post(
+        &f.cert_manager,
+        payload("Present", &domain, "", ns, "", Value::Null),
+    )
+    .await;
+    assert!(failure_message(&reply).contains("no key"), "{reply}");
+
+    assert!(
+        txt_values(&api, "bad-input").await.is_empty(),
+        "nothing written by bad input"
+    );
+}
+
+async fn callers_without_the_front_proxy_certificate_are_refused(f: &Fixture) {
+    // Straight to the webhook, skipping kube-apiserver: no client certificate.
+    let url = format!("https://localhost:{}{SOLVER_PATH}", f.webhook.port());
+    let ca = f.pki.join("ca.crt");
+    let body = String::from_utf8(payload(
+        "Present",
+        "x.example.test",
+        "k",
+        &f.tenant_a,
+        "",
+        Value::Null,
+    ))
+    .unwrap();
+    let out = std::process::Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--cacert",
+            ca.to_str().unwrap(),
+        ])
+        .args([
+            "-H",
+            "X-Remote-User: system:admin",
+            "-H",
+            "X-Remote-Group: system:masters",
+        ])
+        .args(["--data", &body, &url])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "401",
+        "forged headers without the certificate"
+    );
+
+    // A client certificate from another CA does not get through either.
+    openssl(
+        &f.pki,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "rogue.key",
+            "-out",
+            "rogue.crt",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=front-proxy-client",
+        ],
+    );
+    let out = std::process::Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--cacert",
+            ca.to_str().unwrap(),
+        ])
+        .args([
+            "--cert",
+            f.pki.join("rogue.crt").to_str().unwrap(),
+            "--key",
+            f.pki.join("rogue.key").to_str().unwrap(),
+        ])
+        .args(["-H", "X-Remote-User: system:admin", "--data", &body, &url])
+        .output()
+        .unwrap();
+    let code = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        code == "000" || code == "401",
+        "a rogue certificate is refused, got {code}"
+    );
+
+    // Probes stay open.
+    let out = std::process::Command::new("curl")
+        .args([
+            "-s",
+            "--cacert",
+            ca.to_str().unwrap(),
+            &format!("https://localhost:{}/healthz", f.webhook.port()),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "ok");
+}
+
+async fn users_without_rbac_are_refused_by_the_api_server(f: &Fixture) {
+    let stranger = client_from(&service_account_kubeconfig(&f.tenant_a, "stranger")).await;
+    let (code, _) = post(
+        &stranger,
+        payload(
+            "Present",
+            "x.example.test",
+            "k",
+            &f.tenant_a,
+            "",
+            Value::Null,
+        ),
+    )
+    .await;
+    assert_eq!(code, 403, "the aggregator authorizes before proxying");
+}
