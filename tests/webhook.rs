@@ -675,9 +675,25 @@ async fn bad_input_gets_a_clear_error_and_writes_nothing(f: &Fixture) {
 }
 
 async fn callers_without_the_front_proxy_certificate_are_refused(f: &Fixture) {
-    // Straight to the webhook, skipping kube-apiserver: no client certificate.
-    let url = format!("https://localhost:{}{SOLVER_PATH}", f.webhook.port());
-    let ca = f.pki.join("ca.crt");
+    // Straight to the webhook, skipping kube-apiserver. The serving certificate names
+    // the Service, as the aggregator expects, so curl resolves that name to loopback.
+    let host = format!(
+        "{}-kube-acme-dns.{}.svc",
+        common::RELEASE,
+        common::RELEASE_NAMESPACE
+    );
+    let port = f.webhook.port();
+    let resolve = format!("{host}:{port}:127.0.0.1");
+    let ca = f.pki.join("ca.crt").to_string_lossy().into_owned();
+    let curl = |extra: &[&str], path: &str| -> String {
+        let out = std::process::Command::new("curl")
+            .args(["-s", "--resolve", &resolve, "--cacert", &ca])
+            .args(extra)
+            .arg(format!("https://{host}:{port}{path}"))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
     let body = String::from_utf8(payload(
         "Present",
         "x.example.test",
@@ -687,29 +703,27 @@ async fn callers_without_the_front_proxy_certificate_are_refused(f: &Fixture) {
         Value::Null,
     ))
     .unwrap();
-    let out = std::process::Command::new("curl")
-        .args([
-            "-s",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "--cacert",
-            ca.to_str().unwrap(),
-        ])
-        .args([
-            "-H",
-            "X-Remote-User: system:admin",
-            "-H",
-            "X-Remote-Group: system:masters",
-        ])
-        .args(["--data", &body, &url])
-        .output()
-        .unwrap();
+    let status_only = ["-o", "/dev/null", "-w", "%{http_code}"];
+
+    // Forged user headers without the front proxy's certificate.
+    let mut args = status_only.to_vec();
+    args.extend([
+        "-H",
+        "X-Remote-User: system:admin",
+        "-H",
+        "X-Remote-Group: system:masters",
+        "--data",
+        &body,
+    ]);
     assert_eq!(
-        String::from_utf8_lossy(&out.stdout),
+        curl(&args, SOLVER_PATH),
         "401",
         "forged headers without the certificate"
+    );
+    assert_eq!(
+        curl(&status_only, "/apis/acme.acmedns.io/v1alpha1"),
+        "401",
+        "discovery too"
     );
 
     // A client certificate from another CA does not get through either.
@@ -733,42 +747,27 @@ async fn callers_without_the_front_proxy_certificate_are_refused(f: &Fixture) {
             "/CN=front-proxy-client",
         ],
     );
-    let out = std::process::Command::new("curl")
-        .args([
-            "-s",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "--cacert",
-            ca.to_str().unwrap(),
-        ])
-        .args([
-            "--cert",
-            f.pki.join("rogue.crt").to_str().unwrap(),
-            "--key",
-            f.pki.join("rogue.key").to_str().unwrap(),
-        ])
-        .args(["-H", "X-Remote-User: system:admin", "--data", &body, &url])
-        .output()
-        .unwrap();
-    let code = String::from_utf8_lossy(&out.stdout).to_string();
+    let rogue_cert = f.pki.join("rogue.crt").to_string_lossy().into_owned();
+    let rogue_key = f.pki.join("rogue.key").to_string_lossy().into_owned();
+    let mut args = status_only.to_vec();
+    args.extend([
+        "--cert",
+        &rogue_cert,
+        "--key",
+        &rogue_key,
+        "-H",
+        "X-Remote-User: system:admin",
+        "--data",
+        &body,
+    ]);
+    let code = curl(&args, SOLVER_PATH);
     assert!(
         code == "000" || code == "401",
         "a rogue certificate is refused, got {code}"
     );
 
     // Probes stay open.
-    let out = std::process::Command::new("curl")
-        .args([
-            "-s",
-            "--cacert",
-            ca.to_str().unwrap(),
-            &format!("https://localhost:{}/healthz", f.webhook.port()),
-        ])
-        .output()
-        .unwrap();
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "ok");
+    assert_eq!(curl(&[], "/healthz"), "ok");
 }
 
 async fn users_without_rbac_are_refused_by_the_api_server(f: &Fixture) {
