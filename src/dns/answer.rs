@@ -105,16 +105,19 @@ pub fn answer(
     } else if let Some(node) = static_node(zone, &query, n - k) {
         response.node(zone, node, query.qtype);
     } else if n - k == 1
-        && let Some(served) = Label::new(query.label(0)).and_then(|l| index.lookup(&l))
+        && let Some(label) = Label::new(query.label(0))
+        && index
+            .with_served(&label, |served| match query.qtype {
+                TYPE_TXT if served.txt_count > 0 => {
+                    response.out.extend_from_slice(&served.txt_records);
+                    response.answers = served.txt_count;
+                }
+                TYPE_ANY => response.hinfo(zone),
+                _ => {}
+            })
+            .is_some()
     {
-        match query.qtype {
-            TYPE_TXT if served.txt_count > 0 => {
-                response.out.extend_from_slice(&served.txt_records);
-                response.answers = served.txt_count;
-            }
-            TYPE_ANY => response.hinfo(zone),
-            _ => {}
-        }
+        // Answered from the account's prepared records (or NODATA below).
     } else {
         response.rcode = RCODE_NXDOMAIN;
     }

@@ -155,6 +155,14 @@ impl AccountIndex {
         self.served.pin().get(label).cloned()
     }
 
+    /// Runs `f` on the records served at `label` without taking a reference count:
+    /// the DNS threads all read the same few hot names, and an Arc clone per query
+    /// would bounce its cache line between cores.
+    #[inline]
+    pub fn with_served<R>(&self, label: &Label, f: impl FnOnce(&ServedName) -> R) -> Option<R> {
+        self.served.pin().get(label).map(|served| f(served))
+    }
+
     /// Adds or updates an account.
     pub fn apply(&self, account: &AcmeDnsAccount) {
         let mut state = self.writer.lock().unwrap_or_else(|p| p.into_inner());
