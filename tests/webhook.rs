@@ -7,7 +7,9 @@
 
 mod common;
 
-use std::{path::Path, time::Duration};
+use common::aggregation;
+
+use std::time::Duration;
 
 use kube::{Api, Client, api::PostParams};
 use serde_json::{Value, json};
@@ -28,204 +30,29 @@ struct Fixture {
     _processes: Vec<common::Serve>,
 }
 
-fn openssl(dir: &Path, args: &[&str]) {
-    let output = std::process::Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("openssl");
-    assert!(
-        output.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
-
-/// A CA and a serving certificate for the name the aggregator checks:
-/// `<service>.<namespace>.svc`.
-fn serving_pki(dir: &Path, dns_name: &str) {
-    std::fs::create_dir_all(dir).unwrap();
-    openssl(
-        dir,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.crt",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=webhook-test-ca",
-        ],
-    );
-    openssl(
-        dir,
-        &[
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            "tls.key",
-            "-out",
-            "tls.csr",
-            "-subj",
-            &format!("/CN={dns_name}"),
-        ],
-    );
-    std::fs::write(
-        dir.join("san.ext"),
-        format!("subjectAltName=DNS:{dns_name}\n"),
-    )
-    .unwrap();
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "tls.csr",
-            "-CA",
-            "ca.crt",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            "tls.crt",
-            "-days",
-            "1",
-            "-extfile",
-            "san.ext",
-        ],
-    );
-}
-
-async fn client_from(kubeconfig: &Path) -> Client {
-    let config = kube::Config::from_custom_kubeconfig(
-        kube::config::Kubeconfig::read_from(kubeconfig).unwrap(),
-        &Default::default(),
-    )
-    .await
-    .unwrap();
-    Client::try_from(config).unwrap()
-}
-
-/// A kubeconfig for a ServiceAccount (created if missing), authenticated by a token.
-fn service_account_kubeconfig(namespace: &str, name: &str) -> std::path::PathBuf {
-    let manifest = format!(
-        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {namespace}\n---\napiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: {name}\n  namespace: {namespace}\n"
-    );
-    common::run("kubectl", &["apply", "-f", "-"], Some(&manifest));
-    let token = common::run(
-        "kubectl",
-        &["create", "token", name, "-n", namespace, "--duration", "1h"],
-        None,
-    );
-    let mut kubeconfig = kube::config::Kubeconfig::read().unwrap();
-    for auth in &mut kubeconfig.auth_infos {
-        auth.auth_info = Some(kube::config::AuthInfo {
-            token: Some(token.trim().to_string().into()),
-            ..Default::default()
-        });
-    }
-    let path = std::env::temp_dir().join(format!("{}.kubeconfig", common::unique_name(name)));
-    std::fs::write(&path, serde_yaml::to_string(&kubeconfig).unwrap()).unwrap();
-    path
-}
-
 async fn fixture() -> Fixture {
     let admin = common::client().await;
     common::install_crd(&admin).await;
     let tenant_a = common::create_namespace(&admin, "tenant-a").await;
     let tenant_b = common::create_namespace(&admin, "tenant-b").await;
 
-    let service = format!("{}-kube-acme-dns", common::RELEASE);
-    let pki = std::env::temp_dir().join(common::unique_name("webhook-pki"));
-    serving_pki(
-        &pki,
-        &format!("{service}.{}.svc", common::RELEASE_NAMESPACE),
-    );
-
     // One process serves DNS and the webhook for every namespace; one controller per
     // tenant namespace assigns subdomains there.
-    let webhook_port = common::free_port();
-    let webhook: std::net::SocketAddr = format!("127.0.0.1:{webhook_port}").parse().unwrap();
-    let cert = pki.join("tls.crt");
-    let key = pki.join("tls.key");
-    let kubeconfig = common::chart_identity_kubeconfig();
-    let solver = common::spawn_serve_all_namespaces(
-        kubeconfig.clone(),
-        &[
-            "--roles",
-            "dns,webhook",
-            "--webhook-addr",
-            &webhook.to_string(),
-            "--webhook-tls-cert",
-            cert.to_str().unwrap(),
-            "--webhook-tls-key",
-            key.to_str().unwrap(),
-            "--webhook-authorize",
-        ],
-    );
-    let dns = solver.dns;
+    let solver =
+        aggregation::start_solver(&["--roles", "dns,webhook", "--webhook-authorize"]).await;
     let controllers: Vec<common::Serve> = [&tenant_a, &tenant_b]
         .iter()
         .map(|ns| common::spawn_serve(ns, ns, &["--roles", "controller"]))
         .collect();
-    common::wait_ready(&solver).await;
+    let (dns, webhook, pki) = (solver.serve.dns, solver.webhook, solver.pki.clone());
 
-    // The chart's APIService and Service, pointed at this process on loopback: an
-    // ExternalName Service `localhost`, the port in the APIService, our CA as caBundle.
-    let rendered = common::render_chart(&["--show-only", "templates/apiservice.yaml"]);
-    let mut apiservice: Value = serde_yaml::from_str(&rendered).unwrap();
-    apiservice["spec"]["service"]["port"] = json!(webhook_port);
-    let ca = std::fs::read(pki.join("ca.crt")).unwrap();
-    apiservice["spec"]["caBundle"] = json!(base64(&ca));
-    let external = json!({
-        "apiVersion": "v1", "kind": "Service",
-        "metadata": { "name": service, "namespace": common::RELEASE_NAMESPACE },
-        "spec": { "type": "ExternalName", "externalName": "localhost" },
-    });
-    for object in [&external, &apiservice] {
-        common::run(
-            "kubectl",
-            &["apply", "--server-side", "--force-conflicts", "-f", "-"],
-            Some(&object.to_string()),
-        );
-    }
-    let available = common::eventually(
-        "the APIService Available",
-        Duration::from_secs(30),
-        || async {
-            let out = common::run(
-                "kubectl",
-                &[
-                    "get",
-                    "apiservice",
-                    "v1alpha1.acme.acmedns.io",
-                    "-o",
-                    "jsonpath={.status.conditions[?(@.type==\"Available\")].status}",
-                ],
-                None,
-            );
-            (out.trim() == "True").then_some(())
-        },
-    );
-    available.await;
-
-    let cert_manager =
-        client_from(&service_account_kubeconfig("cert-manager", "cert-manager")).await;
+    let cert_manager = aggregation::client_from(&aggregation::service_account_kubeconfig(
+        "cert-manager",
+        "cert-manager",
+    ))
+    .await;
     let mut processes = controllers;
-    processes.push(solver);
+    processes.push(solver.serve);
     Fixture {
         cert_manager,
         admin,
@@ -236,27 +63,6 @@ async fn fixture() -> Fixture {
         tenant_b,
         _processes: processes,
     }
-}
-
-fn base64(bytes: &[u8]) -> String {
-    const TABLE: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for chunk in bytes.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(TABLE[(n >> (18 - 6 * i)) as usize & 63] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
 }
 
 /// POSTs a body to the solver through kube-apiserver; returns the HTTP status and body.
@@ -727,7 +533,7 @@ async fn callers_without_the_front_proxy_certificate_are_refused(f: &Fixture) {
     );
 
     // A client certificate from another CA does not get through either.
-    openssl(
+    aggregation::openssl(
         &f.pki,
         &[
             "req",
@@ -771,7 +577,11 @@ async fn callers_without_the_front_proxy_certificate_are_refused(f: &Fixture) {
 }
 
 async fn users_without_rbac_are_refused_by_the_api_server(f: &Fixture) {
-    let stranger = client_from(&service_account_kubeconfig(&f.tenant_a, "stranger")).await;
+    let stranger = aggregation::client_from(&aggregation::service_account_kubeconfig(
+        &f.tenant_a,
+        "stranger",
+    ))
+    .await;
     let (code, _) = post(
         &stranger,
         payload(

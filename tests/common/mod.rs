@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod aggregation;
+
 use std::time::Duration;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
