@@ -6,7 +6,7 @@
 #   e2e/unbound.sh start DIR ZONE_FILE... [-- NAME=ADDR:PORT...]
 #       Serve each RFC 1035 zone file as local authoritative data (origin = file name without
 #       ".zone", as in e2e/knot.sh), and send queries for each NAME (and below it) to the
-#       authoritative server at ADDR:PORT (a stub zone: 127.0.0.1:5353 or [::1]:5353).
+#       authoritative server at ADDR:PORT (a stub zone; ADDR is a 127.x.y.z address).
 #       Listens on a free 127.0.0.1 port (UDP and TCP); prints only that port on stdout once
 #       every zone file's SOA resolves through it.
 #   e2e/unbound.sh reload DIR      re-read every zone file and drop the cache; returns when done
@@ -101,7 +101,6 @@ EOF
     echo "    directory: \"$DIR\""
     echo "    chroot: \"\""
     echo "    username: \"\""
-    echo "    pidfile: \"$DIR/unbound.pid\""
     echo "    logfile: \"$DIR/unbound.log\""
     echo "    use-syslog: no"
     echo "    log-time-ascii: yes"
@@ -157,8 +156,6 @@ EOF
       addr=${f#*=}
       port=${addr##*:}
       addr=${addr%:*}
-      addr=${addr#[}
-      addr=${addr%]}
       echo
       echo "stub-zone:"
       echo "    name: \"${name%.}.\""
@@ -170,8 +167,9 @@ EOF
 }
 
 check_stub() { # NAME=ADDR:PORT
-  [[ $1 =~ ^[A-Za-z0-9_.-]+=(127\.[0-9]+\.[0-9]+\.[0-9]+|\[::1\]):[0-9]+$ ]] || {
-    say "stub must be NAME=ADDR:PORT with a loopback ADDR (127.x.y.z or [::1]): $1"
+  # IPv4 only: unbound here neither listens nor queries on IPv6 (do-ip6: no).
+  [[ $1 =~ ^[A-Za-z0-9_.-]+=127\.[0-9]+\.[0-9]+\.[0-9]+:[0-9]+$ ]] || {
+    say "stub must be NAME=ADDR:PORT with ADDR in 127.0.0.0/8: $1"
     exit 1
   }
 }
@@ -206,8 +204,8 @@ cmd_start() {
     fi
     : >"$DIR/unbound.log"
     rm -f "$DIR/unbound.pid"
-    # -d: stay in the foreground (this script tracks the pid itself); -p: no pidfile juggling.
-    unbound -d -p -c "$DIR/unbound.conf" >"$DIR/unbound.out" 2>&1 &
+    # -d: stay in the foreground (the pid is ours to track); -p: write no pidfile of its own.
+    unbound -d -p -c "$DIR/unbound.conf" </dev/null >"$DIR/unbound.out" 2>&1 &
     pid=$!
     echo "$pid" >"$DIR/unbound.pid"
     echo "$port" >"$DIR/port"
@@ -261,8 +259,6 @@ cmd_reload() {
     ctl flush_zone "$zone" >/dev/null
     soa_ok "$port" "$zone" || { say "after reload, $zone does not resolve SOA"; log_tail; exit 1; }
   done < <(auth_zones)
-  ctl flush_requestlist >/dev/null
-  ctl flush_infra all >/dev/null
 }
 
 cmd_upstreams() {
