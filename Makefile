@@ -5,7 +5,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: run test lint build generate deps tools cluster-up cluster-down cluster-env aggregation-check bench bench-dns
+.PHONY: run test e2e lint build generate deps tools cluster-up cluster-down cluster-env aggregation-check bench bench-dns
 
 ## run: start a local control plane, install the CRD and a sample account, run `serve`
 run: deps tools
@@ -14,6 +14,11 @@ run: deps tools
 ## test: lint, unit tests, and integration tests against a local control plane
 test: deps tools
 	@e2e/test.sh
+
+## e2e: the end-to-end tests alone: issuance through cert-manager and Pebble, cert-manager's
+## DNS01 conformance suite, the webhook through the aggregation layer (all part of `make test`)
+e2e: deps tools
+	@e2e/test.sh --test issuance --test conformance --test webhook
 
 ## lint: rustfmt and clippy, warnings are errors
 lint:

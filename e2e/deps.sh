@@ -9,6 +9,8 @@ PACKAGES=(
   curl             # health checks
   bind9-dnsutils   # dig
   knot-dnsutils    # kdig
+  knot             # the user's zone in delegation tests
+  unbound          # the recursive resolver of the issuance test
 )
 
 missing=()

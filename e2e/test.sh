@@ -2,6 +2,9 @@
 # `make test`: lint, then every test this machine can run, against a local control plane
 # started for the run (and stopped after it, unless it was already up). Ends with one
 # line `tests: N passed, N failed` counting every test that ran.
+#
+# Arguments go to `cargo test` (`make e2e` passes `--test issuance --test conformance
+# --test webhook`).
 set -euo pipefail
 
 E2E=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -30,6 +33,11 @@ if ! cargo fmt --check || ! cargo clippy --quiet --all-targets -- -D warnings; t
   exit 1
 fi
 
+say "building cert-manager's controllers, Pebble and cert-manager's conformance suite (Go; first time only, a few minutes)"
+e2e/cert-manager/build.sh
+e2e/pebble.sh build
+e2e/conformance/build.sh
+
 say "building the tests"
 cargo test --no-run --quiet 2>&1 | grep -v '^\s*Executable' >&2 || true
 
@@ -49,7 +57,7 @@ set -e
 say "cargo test (unit tests, and integration tests against the control plane)"
 log=$(mktemp)
 set +e
-cargo test --no-fail-fast 2>&1 | tee "$log"
+cargo test --no-fail-fast "$@" 2>&1 | tee "$log"
 cargo_rc=${PIPESTATUS[0]}
 set -e
 # Sum cargo's per-binary "test result:" lines so the run ends with one total.
