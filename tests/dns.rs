@@ -82,8 +82,9 @@ async fn new_account_gets_a_subdomain_and_its_txt_is_answered_within_a_second() 
     let serve = common::spawn_serve(&namespace, &namespace, &[]);
     common::wait_ready(&serve).await;
 
+    let domain = format!("{}.example.test", common::unique_name("web"));
     let spec = AcmeDnsAccountSpec {
-        domains: vec![DomainName("example.test".into())],
+        domains: vec![DomainName(domain.clone())],
         ..Default::default()
     };
     create_account(&accounts, "web", spec).await;
@@ -93,7 +94,7 @@ async fn new_account_gets_a_subdomain_and_its_txt_is_answered_within_a_second() 
     let label = status.subdomain.unwrap().0;
     assert!(uuid::Uuid::parse_str(&label).is_ok(), "a UUID: {label}");
     assert_eq!(fqdn, format!("{label}.auth.example.test."));
-    assert_eq!(status.cnames[0].name, "_acme-challenge.example.test.");
+    assert_eq!(status.cnames[0].name, format!("_acme-challenge.{domain}."));
     assert_eq!(status.cnames[0].target, fqdn);
 
     set_txt(&accounts, "web", &[digest(1)]).await;

@@ -1,5 +1,5 @@
 //! A real certificate issuance: cert-manager's own controllers, Pebble as the ACME CA,
-//! unbound as the resolver that holds the user's zone `example.test` with the
+//! unbound as the resolver that holds the user's zone (`<unique>.test`) with the
 //! `_acme-challenge` CNAME into our zone, and `serve` (DNS + controller + webhook)
 //! behind the aggregation layer. Validation follows the CNAME exactly as on the
 //! Internet, and every query stays on loopback.
@@ -46,10 +46,12 @@ fn certificate_resource() -> ApiResource {
     }
 }
 
-/// Issues a certificate for `example.test` and `*.example.test` through a ClusterIssuer
+/// Issues a certificate for `domain` and `*.domain` through a ClusterIssuer
 /// with the given cnameStrategy, and checks what the user would: Ready, both names in
 /// the certificate, signed by Pebble, no TXT value left behind.
+#[allow(clippy::too_many_arguments)]
 async fn issue(
+    domain: &str,
     name: &str,
     cname_strategy: Option<&str>,
     namespace: &str,
@@ -81,7 +83,7 @@ async fn issue(
         "metadata": { "name": name, "namespace": namespace },
         "spec": {
             "secretName": format!("{name}-tls"),
-            "dnsNames": ["example.test", "*.example.test"],
+            "dnsNames": [domain, format!("*.{domain}")],
             "issuerRef": { "kind": "ClusterIssuer", "name": name },
         },
     });
@@ -139,7 +141,7 @@ async fn issue(
         None,
     );
     assert!(
-        text.contains("DNS:example.test") && text.contains("DNS:*.example.test"),
+        text.contains(&format!("DNS:{domain}")) && text.contains(&format!("DNS:*.{domain}")),
         "{text}"
     );
     let verify = std::process::Command::new("openssl")
@@ -222,6 +224,8 @@ async fn wildcard_certificate_is_issued_through_pebble_with_and_without_cname_fo
 
     // Our side: DNS + controller + webhook, the account the user created.
     let label = common::unique_name("issue");
+    // A domain of its own, so no account elsewhere in the cluster lists it too.
+    let domain = format!("{label}.test");
     let solver = aggregation::start_solver(&[
         "--roles",
         "dns,controller,webhook",
@@ -235,7 +239,7 @@ async fn wildcard_certificate_is_issued_through_pebble_with_and_without_cname_fo
     .await;
     let accounts: Api<AcmeDnsAccount> = Api::namespaced(admin.clone(), &namespace);
     let spec = AcmeDnsAccountSpec {
-        domains: vec![DomainName("example.test".into())],
+        domains: vec![DomainName(domain.clone())],
         subdomain: Some(DnsLabel(label.clone())),
         ..Default::default()
     };
@@ -256,11 +260,11 @@ async fn wildcard_certificate_is_issued_through_pebble_with_and_without_cname_fo
     // auth.example.test to our responder.
     let work = std::env::temp_dir().join(common::unique_name("issuance"));
     std::fs::create_dir_all(&work).unwrap();
-    let zone = work.join("example.test.zone");
+    let zone = work.join(format!("{domain}.zone"));
     std::fs::write(
         &zone,
         format!(
-            "$ORIGIN example.test.\n$TTL 60\n@ SOA ns.example.test. hostmaster.example.test. 1 60 60 600 60\n@ NS ns.example.test.\nns A 127.0.0.1\n_acme-challenge CNAME {fqdn}\n"
+            "$ORIGIN {domain}.\n$TTL 60\n@ SOA ns.{domain}. hostmaster.{domain}. 1 60 60 600 60\n@ NS ns.{domain}.\nns A 127.0.0.1\n_acme-challenge CNAME {fqdn}\n"
         ),
     )
     .unwrap();
@@ -299,6 +303,7 @@ async fn wildcard_certificate_is_issued_through_pebble_with_and_without_cname_fo
 
     for (name, strategy) in [("pebble-plain", None), ("pebble-follow", Some("Follow"))] {
         issue(
+            &domain,
             name,
             strategy,
             &namespace,
