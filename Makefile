@@ -28,10 +28,13 @@ lint:
 build:
 	$(CARGO) build
 
-## generate: regenerate the CRD in crd/ and in the chart from the Rust types
-generate:
+## generate: regenerate the CRD in crd/ and in the chart from the Rust types, and the
+## kubectl-ready manifests in deploy/ from the chart
+generate: tools
 	$(CARGO) run -q -- crd > crd/acmednsaccounts.yaml
 	cp crd/acmednsaccounts.yaml charts/kube-acme-dns/crds/acmednsaccounts.yaml
+	"$$(e2e/tools.sh path helm)" template kad charts/kube-acme-dns --namespace kube-acme-dns \
+	  --kube-version 1.37.2 --include-crds > deploy/kube-acme-dns.yaml
 
 deps:
 	@e2e/deps.sh

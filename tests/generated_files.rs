@@ -30,3 +30,30 @@ fn chart_crd_matches_the_rust_types() {
         "make generate",
     );
 }
+
+#[test]
+fn deploy_manifests_match_the_chart() {
+    // helm comes from the local control plane's tools (make test puts it on PATH).
+    let output = std::process::Command::new("helm")
+        .args(["template", "kad"])
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/charts/kube-acme-dns"))
+        .args([
+            "--namespace",
+            "kube-acme-dns",
+            "--kube-version",
+            "1.37.2",
+            "--include-crds",
+        ])
+        .output()
+        .expect("helm on PATH: run `make test`, or `eval \"$(make -s cluster-env)\"`");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_generated(
+        "deploy/kube-acme-dns.yaml",
+        &String::from_utf8(output.stdout).unwrap(),
+        "make generate",
+    );
+}

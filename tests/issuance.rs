@@ -237,6 +237,18 @@ async fn wildcard_certificate_is_issued_through_pebble_with_and_without_cname_fo
         "127.0.0.1:9",
     ])
     .await;
+    // With cert-manager's CRDs in place the API server accepts the whole chart,
+    // including its serving-certificate PKI (Issuers, Certificates).
+    let chart = common::render_chart(&[]);
+    let applied = common::run(
+        "kubectl",
+        &["apply", "--dry-run=server", "-f", "-"],
+        Some(&chart),
+    );
+    assert!(
+        applied.contains("certificate.cert-manager.io/kad-kube-acme-dns-webhook-tls"),
+        "{applied}"
+    );
     let accounts: Api<AcmeDnsAccount> = Api::namespaced(admin.clone(), &namespace);
     let spec = AcmeDnsAccountSpec {
         domains: vec![DomainName(domain.clone())],
