@@ -13,21 +13,7 @@ PACKAGES=(
   unbound          # the recursive resolver of the issuance test
 )
 
-missing=()
-for p in "${PACKAGES[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if ((${#missing[@]} == 0)); then
-  exit 0
-fi
-
-echo "[deps] installing Debian packages: ${missing[*]}" >&2
-SUDO=
-if [[ $(id -u) != 0 ]]; then
-  command -v sudo >/dev/null || { echo "[deps] need root or sudo to install: ${missing[*]}" >&2; exit 1; }
-  SUDO=sudo
-fi
-export DEBIAN_FRONTEND=noninteractive
-$SUDO apt-get update -qq
-$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-echo "[deps] done" >&2
+say() { printf '[deps] %s\n' "$*" >&2; }
+# shellcheck source=e2e/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+ensure_debian_packages "${PACKAGES[@]}"

@@ -13,25 +13,11 @@
 set -euo pipefail
 
 say() { printf '[knot] %s\n' "$*" >&2; }
+# shellcheck source=e2e/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 usage() {
   echo "usage: $0 start DIR ZONE_FILE... | reload DIR | stop DIR" >&2
   exit 2
-}
-
-ensure_packages() {
-  local missing=() p sudo=
-  for p in knot knot-dnsutils; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-  done
-  ((${#missing[@]} == 0)) && return 0
-  say "installing Debian packages: ${missing[*]}"
-  if [[ $(id -u) != 0 ]]; then
-    command -v sudo >/dev/null || { say "need root or sudo to install: ${missing[*]}"; exit 1; }
-    sudo=sudo
-  fi
-  # If apt starts Debian's own knot.service, it keeps port 53 and /etc/knot; it is never used.
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get update -qq >&2
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
 }
 
 log_tail() {
@@ -117,7 +103,7 @@ cmd_start() {
     [[ -f $f ]] || { say "no such zone file: $f"; exit 1; }
     [[ $(basename "$f") == *.zone ]] || { say "zone file name must end in .zone: $f"; exit 1; }
   done
-  ensure_packages
+  ensure_debian_packages knot knot-dnsutils
   if pid=$(running_pid); then
     say "knotd for $DIR is already running (pid $pid, port $(cat "$DIR/port" 2>/dev/null)); stop it first"
     exit 1

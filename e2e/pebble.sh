@@ -32,6 +32,8 @@
 set -euo pipefail
 
 say() { printf '[pebble] %s\n' "$*" >&2; }
+# shellcheck source=e2e/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 usage() {
   echo "usage: $0 start DIR DNS_SERVER_ADDR | root DIR | stop DIR | build | path" >&2
   exit 2
@@ -41,23 +43,6 @@ PEBBLE_VERSION=${PEBBLE_VERSION:-v2.10.3}
 BIN=${XDG_CACHE_HOME:-$HOME/.cache}/kube-acme-dns/bin
 
 binary_path() { echo "${PEBBLE_BIN:-$BIN/pebble-$PEBBLE_VERSION}"; }
-
-# Runs a long go build while printing a line every 30 s, so a slow first run is visibly alive.
-with_progress() {
-  local what=$1; shift
-  local start=$SECONDS
-  "$@" &
-  local pid=$! next=$((SECONDS + 30))
-  while kill -0 "$pid" 2>/dev/null; do
-    sleep 2
-    if ((SECONDS >= next)) && kill -0 "$pid" 2>/dev/null; then
-      say "$what: still building ($((SECONDS - start)) s)"
-      next=$((SECONDS + 30))
-    fi
-  done
-  wait "$pid"
-  say "$what: built in $((SECONDS - start)) s"
-}
 
 build_pebble() {
   local out gobin
@@ -76,21 +61,6 @@ build_pebble() {
     "github.com/letsencrypt/pebble/v2/cmd/pebble@$PEBBLE_VERSION"
   mv "$gobin/pebble" "$out"
   rmdir "$gobin"
-}
-
-ensure_packages() {
-  local missing=() sudo=
-  command -v openssl >/dev/null || missing+=(openssl)
-  command -v curl >/dev/null || missing+=(curl)
-  command -v python3 >/dev/null || missing+=(python3)
-  ((${#missing[@]} == 0)) && return 0
-  say "installing Debian packages: ${missing[*]}"
-  if [[ $(id -u) != 0 ]]; then
-    command -v sudo >/dev/null || { say "need root or sudo to install: ${missing[*]}"; exit 1; }
-    sudo=sudo
-  fi
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get update -qq >&2
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
 }
 
 log_tail() {
@@ -178,7 +148,7 @@ cmd_start() {
   local dns=$1 pid attempt i acme mgmt http tls url
   [[ $dns =~ ^(127\.[0-9]+\.[0-9]+\.[0-9]+|\[::1\]):[0-9]+$ ]] ||
     { say "DNS_SERVER_ADDR must be a loopback ADDR:PORT (127.0.0.1:5353 or [::1]:5353): $dns"; exit 1; }
-  ensure_packages
+  ensure_debian_packages openssl curl python3
   build_pebble
   if pid=$(running_pid); then
     say "pebble for $DIR is already running (pid $pid, $(cat "$DIR/directory-url" 2>/dev/null)); stop it first"

@@ -17,6 +17,8 @@ SRC=$CACHE/src
 mkdir -p "$BIN" "$SRC"
 
 say() { printf '[tools] %s\n' "$*" >&2; }
+# shellcheck source=e2e/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 binary_path() {
   case $1 in
@@ -25,27 +27,6 @@ binary_path() {
     helm) echo "$BIN/helm-$HELM_VERSION" ;;
     *) echo "unknown tool: $1" >&2; return 2 ;;
   esac
-}
-
-need_go() {
-  command -v go >/dev/null || { say "Go is required (https://go.dev/doc/install)"; exit 1; }
-}
-
-# Runs a long go build while printing a line every 30 s, so a slow first run is visibly alive.
-with_progress() {
-  local what=$1; shift
-  local start=$SECONDS
-  "$@" &
-  local pid=$! next=$((SECONDS + 30))
-  while kill -0 "$pid" 2>/dev/null; do
-    sleep 2
-    if ((SECONDS >= next)) && kill -0 "$pid" 2>/dev/null; then
-      say "$what: still building ($((SECONDS - start)) s)"
-      next=$((SECONDS + 30))
-    fi
-  done
-  wait "$pid"
-  say "$what: built in $((SECONDS - start)) s"
 }
 
 # A wrapper module that requires k8s.io/kubernetes and points every staging module

@@ -24,25 +24,11 @@
 set -euo pipefail
 
 say() { printf '[unbound] %s\n' "$*" >&2; }
+# shellcheck source=e2e/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 usage() {
   echo "usage: $0 start DIR ZONE_FILE... [-- NAME=ADDR:PORT...] | reload DIR | upstreams DIR | stop DIR" >&2
   exit 2
-}
-
-ensure_packages() {
-  local missing=() p sudo=
-  for p in unbound knot-dnsutils; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-  done
-  ((${#missing[@]} == 0)) && return 0
-  say "installing Debian packages: ${missing[*]}"
-  if [[ $(id -u) != 0 ]]; then
-    command -v sudo >/dev/null || { say "need root or sudo to install: ${missing[*]}"; exit 1; }
-    sudo=sudo
-  fi
-  # Debian's own unbound.service (if apt starts it) uses /etc/unbound and port 53; never used here.
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get update -qq >&2
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
 }
 
 log_tail() {
@@ -182,7 +168,7 @@ cmd_start() {
     [[ $(basename "$f") == *.zone ]] || { say "zone file name must end in .zone: $f"; exit 1; }
   done
   for f in "${STUBS[@]}"; do check_stub "$f"; done
-  ensure_packages
+  ensure_debian_packages unbound knot-dnsutils
   if pid=$(running_pid); then
     say "unbound for $DIR is already running (pid $pid, port $(cat "$DIR/port" 2>/dev/null)); stop it first"
     exit 1

@@ -16,10 +16,8 @@ MODULE=github.com/cert-manager/cert-manager
 BIN=${XDG_CACHE_HOME:-$HOME/.cache}/kube-acme-dns/bin
 
 say() { printf '[conformance] %s\n' "$*" >&2; }
-
-need_go() {
-  command -v go >/dev/null || { say "Go is required (https://go.dev/doc/install)"; exit 1; }
-}
+# shellcheck source=e2e/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 
 version() {
   local v
@@ -33,23 +31,6 @@ sources_digest() {
 }
 
 binary_path() { echo "$BIN/cert-manager-conformance-$(version)-$(sources_digest)"; }
-
-# Runs a long go build while printing a line every 30 s, so a slow first run is visibly alive.
-with_progress() {
-  local what=$1; shift
-  local start=$SECONDS
-  "$@" &
-  local pid=$! next=$((SECONDS + 30))
-  while kill -0 "$pid" 2>/dev/null; do
-    sleep 2
-    if ((SECONDS >= next)) && kill -0 "$pid" 2>/dev/null; then
-      say "$what: still building ($((SECONDS - start)) s)"
-      next=$((SECONDS + 30))
-    fi
-  done
-  wait "$pid"
-  say "$what: built in $((SECONDS - start)) s"
-}
 
 build() {
   local out
