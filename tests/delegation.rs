@@ -129,18 +129,7 @@ async fn delegation_condition_follows_the_users_cname() {
         elsewhere.message
     );
 
-    let events = common::run(
-        "kubectl",
-        &[
-            "get",
-            "events.events.k8s.io",
-            "-n",
-            &namespace,
-            "-o",
-            "jsonpath={.items[*].reason}",
-        ],
-        None,
-    );
+    let events = common::event_reasons(&namespace);
     assert!(
         events.contains("Delegated") && events.contains("NotDelegated"),
         "{events}"

@@ -112,18 +112,7 @@ async fn new_account_gets_a_subdomain_and_its_txt_is_answered_within_a_second() 
     let over_tcp = ask("kdig", serve.dns, &["+tcp", &fqdn, "TXT"]);
     assert!(over_tcp.contains(&digest(1)), "{over_tcp}");
 
-    let events = common::run(
-        "kubectl",
-        &[
-            "get",
-            "events.events.k8s.io",
-            "-n",
-            &namespace,
-            "-o",
-            "jsonpath={.items[*].reason}",
-        ],
-        None,
-    );
+    let events = common::event_reasons(&namespace);
     assert!(events.contains("SubdomainAssigned"), "events: {events}");
 }
 

@@ -305,3 +305,19 @@ pub async fn wait_ready(serve: &Serve) {
     })
     .await;
 }
+
+/// The reasons of every Event recorded in `namespace`, space-separated.
+pub fn event_reasons(namespace: &str) -> String {
+    run(
+        "kubectl",
+        &[
+            "get",
+            "events.events.k8s.io",
+            "-n",
+            namespace,
+            "-o",
+            "jsonpath={.items[*].reason}",
+        ],
+        None,
+    )
+}
