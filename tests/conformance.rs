@@ -17,17 +17,7 @@ async fn cert_managers_dns01_conformance_suite_passes_in_strict_mode() {
     common::install_crd(&admin).await;
     let namespace = common::create_namespace(&admin, "conformance").await;
     let label = common::unique_name("conformance");
-    let solver = aggregation::start_solver(&[
-        "--roles",
-        "dns,controller,webhook",
-        "--leader-election-namespace",
-        common::RELEASE_NAMESPACE,
-        "--leader-election-lease",
-        &label,
-        "--delegation-resolver",
-        "127.0.0.1:9",
-    ])
-    .await;
+    let solver = aggregation::start_all_roles(&label).await;
 
     // The suite sends dnsName example.com; the account is found by the FQDN it
     // resolved, as with cnameStrategy: Follow.

@@ -226,17 +226,7 @@ async fn wildcard_certificate_is_issued_through_pebble_with_and_without_cname_fo
     let label = common::unique_name("issue");
     // A domain of its own, so no account elsewhere in the cluster lists it too.
     let domain = format!("{label}.test");
-    let solver = aggregation::start_solver(&[
-        "--roles",
-        "dns,controller,webhook",
-        "--leader-election-namespace",
-        common::RELEASE_NAMESPACE,
-        "--leader-election-lease",
-        &label,
-        "--delegation-resolver",
-        "127.0.0.1:9",
-    ])
-    .await;
+    let solver = aggregation::start_all_roles(&label).await;
     // With cert-manager's CRDs in place the API server accepts the whole chart,
     // including its serving-certificate PKI (Issuers, Certificates).
     let chart = common::render_chart(&[]);

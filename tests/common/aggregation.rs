@@ -217,3 +217,20 @@ pub async fn start_solver(extra: &[&str]) -> Solver {
         pki,
     }
 }
+
+/// `start_solver` with every role (DNS, controller, webhook), a leader election lease of
+/// its own, and a delegation resolver that answers nothing (these tests publish no CNAME
+/// to check).
+pub async fn start_all_roles(lease: &str) -> Solver {
+    start_solver(&[
+        "--roles",
+        "dns,controller,webhook",
+        "--leader-election-namespace",
+        RELEASE_NAMESPACE,
+        "--leader-election-lease",
+        lease,
+        "--delegation-resolver",
+        "127.0.0.1:9",
+    ])
+    .await
+}
