@@ -10,4 +10,6 @@ pub mod health;
 pub mod index;
 pub mod serve;
 pub mod telemetry;
+pub mod watch;
 pub mod webhook;
+pub mod wire;
