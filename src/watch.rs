@@ -3,8 +3,10 @@
 //! change stream the controller reconciles from, so a replica holds one watch on the
 //! resource whatever roles it runs.
 //!
-//! A (re-)list is collected whole and applied with `reset`, so a restarted watch never
-//! empties the index in between. Errors are logged and retried with backoff, never
+//! Events arrive in order and re-lists are consistent reads, so the last thing applied
+//! is always the newest state: writers never compare resourceVersions. A (re-)list is
+//! collected whole and applied with `reset`, so a restarted watch never empties the
+//! index in between. Errors are logged and retried with backoff, never
 //! fatal: when the API server goes away, the index keeps the last state seen and DNS
 //! keeps answering from it.
 
@@ -77,7 +79,11 @@ pub fn watch(
         store: store.clone(),
         changes: changes.clone(),
     };
-    let events = watcher(accounts, watcher::Config::default())
+    // A re-list must never be older than an event already applied, or it would take a
+    // newer TXT value away again: list from etcd (a consistent read), not from an API
+    // server's cache that may lag behind the one the watch used before.
+    let config = watcher::Config::default().list_semantic(watcher::ListSemantic::MostRecent);
+    let events = watcher(accounts, config)
         .default_backoff()
         // Nobody reads the field managers; dropping them saves most of each object.
         .modify(|account| account.meta_mut().managed_fields = None);
