@@ -116,7 +116,7 @@ pub enum Error {
     #[error("{account} was deleted while it was reconciled")]
     Gone { account: AccountKey },
     #[error(
-        "the API server rejected the status of {account}: {message}; this is a bug in kube-acme-dns or a CRD older than this version: apply the CRD from this release"
+        "the API server rejected the status of {account}: {message}; the installed CRD is probably older than this kube-acme-dns: apply the matching one (`kube-acme-dns crd | kubectl apply -f -`, or upgrade the Helm chart)"
     )]
     Rejected {
         account: AccountKey,
@@ -448,5 +448,39 @@ async fn publish(account: &AcmeDnsAccount, notices: Vec<Notice>, ctx: &Context) 
         if let Err(e) = ctx.recorder.publish(&event, &reference).await {
             warn!(account = %account.name_any(), error = %e, "cannot record an Event");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api_error(code: u16) -> kube::Error {
+        kube::Error::Api(
+            kube::core::Status::failure(&format!("refused with {code}"), "Refused")
+                .with_code(code)
+                .boxed(),
+        )
+    }
+
+    #[test]
+    fn status_write_failures_are_told_apart_by_cause() {
+        let account = AccountKey {
+            namespace: "team".into(),
+            name: "a".into(),
+        };
+        let label = |code| Error::writing_status(&account, api_error(code)).metric_label();
+        assert_eq!(label(409), "conflict");
+        assert_eq!(label(403), "forbidden");
+        assert_eq!(label(404), "gone");
+        assert_eq!(label(422), "rejected");
+        assert_eq!(label(500), "api");
+        let forbidden = Error::writing_status(&account, api_error(403)).to_string();
+        assert!(forbidden.contains("acmednsaccounts/status"), "{forbidden}");
+        // A conflict is retried at once: the newer object is already on its way.
+        assert!(
+            Error::writing_status(&account, api_error(409)).retry_after()
+                < Error::writing_status(&account, api_error(500)).retry_after()
+        );
     }
 }
