@@ -7,6 +7,7 @@ pub mod api;
 pub mod controller;
 pub mod dns;
 pub mod health;
+pub mod http;
 pub mod index;
 pub mod serve;
 pub mod telemetry;
