@@ -4,6 +4,7 @@
 //! and starts the roles that are enabled.
 
 pub mod api;
+pub mod apiserver;
 pub mod controller;
 pub mod dns;
 pub mod health;
