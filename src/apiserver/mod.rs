@@ -131,7 +131,7 @@ pub async fn serve<S: ChallengeSolver>(
     let api = options.api;
     let app = router(api, proxy, authorizer, solver);
     info!(
-        addr = ?listener.local_addr().ok(),
+        addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
         "webhook solver serving {} {}", api.group_version(), api.resource
     );
     http::serve_tls(listener, tls, app, options.limits, shutdown).await;
