@@ -39,7 +39,7 @@ async fn main() -> anyhow::Result<()> {
     let mut config = ZoneConfig::new(&args.zone);
     config.nameserver_addresses = vec!["127.0.0.1".parse()?];
     let zone = Arc::new(Zone::new(&config)?);
-    let index = Arc::new(AccountIndex::new(config.txt_ttl));
+    let index = Arc::new(AccountIndex::new(1));
     let started = std::time::Instant::now();
     let accounts: Vec<AcmeDnsAccount> = (0..args.names).map(synthetic_account).collect();
     index.reset(&accounts);

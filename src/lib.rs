@@ -12,4 +12,6 @@ pub mod http;
 pub mod index;
 pub mod serve;
 pub mod telemetry;
+pub mod watch;
 pub mod webhook;
+pub mod wire;

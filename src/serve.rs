@@ -12,12 +12,7 @@ use std::{
 };
 
 use anyhow::Context as _;
-use futures::StreamExt;
-use kube::{
-    Api, Client,
-    api::ListParams,
-    runtime::{WatchStreamExt, watcher},
-};
+use kube::{Api, Client, api::ListParams};
 use prometheus::Registry;
 use tokio::task::JoinError;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
@@ -25,11 +20,12 @@ use tracing::{info, warn};
 
 use crate::{
     api::AcmeDnsAccount,
-    controller::{self, ControllerArgs, ControllerMetrics},
+    controller::{self, ControllerArgs, ControllerConfig, ControllerMetrics},
     dns::{Zone, ZoneConfig, metrics::DnsMetrics, server::DnsSockets},
     health::{self, Health},
     http::Limits,
-    index::{AccountIndex, AccountKey},
+    index::AccountIndex,
+    watch,
     webhook::{self, AccountResolver, Solver, WebhookArgs},
 };
 
@@ -145,7 +141,6 @@ impl DnsArgs {
         if let Some(hostmaster) = &self.hostmaster {
             config.hostmaster = hostmaster.clone();
         }
-        config.txt_ttl = self.txt_ttl;
         config.negative_ttl = self.negative_ttl;
         config.records = self
             .records
@@ -226,24 +221,30 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         futures::future::Either::Right(std::future::pending())
     };
 
+    let (shared, watch) = watch::watch(accounts, index.clone(), {
+        let health = health.clone();
+        move |accounts| {
+            if !health.mark_synced() {
+                info!(accounts, "initial account sync complete; ready");
+            }
+        }
+    });
+
     let controller = if args.roles.contains(&Role::Controller) {
-        let identity = args.identity.clone().unwrap_or_else(default_identity);
-        let metrics = ControllerMetrics::new(&registry)?;
-        futures::future::Either::Left(controller::run(
+        futures::future::Either::Left(controller::run(ControllerConfig {
             client,
-            accounts.clone(),
-            zone,
-            args.dns.zone.clone(),
-            index.clone(),
-            args.controller.clone(),
-            identity,
-            metrics,
-        ))
+            accounts: shared,
+            zone: args.dns.zone.clone(),
+            reserved: zone.reserved_labels(),
+            index: index.clone(),
+            args: args.controller.clone(),
+            identity: args.identity.clone().unwrap_or_else(default_identity),
+            metrics: ControllerMetrics::new(&registry)?,
+        }))
     } else {
         futures::future::Either::Right(std::future::pending())
     };
 
-    let watch = watch_accounts(accounts, index, health);
     let result = tokio::select! {
         result = http => Err(match result {
             Ok(()) => anyhow::anyhow!("the metrics server stopped"),
@@ -281,44 +282,6 @@ fn default_identity() -> String {
         .unwrap_or_else(|_| "kube-acme-dns".into());
     let suffix = uuid::Uuid::new_v4().simple().to_string();
     format!("{host}_{}", &suffix[..8])
-}
-
-/// Feeds the index from a watch on AcmeDnsAccounts. A (re-)list is collected whole and
-/// applied with `reset`, so a restarted watch never empties the index in between.
-/// Errors are logged and retried with backoff, never fatal: when the API server goes
-/// away, the index keeps the last state seen and DNS keeps answering from it.
-async fn watch_accounts(accounts: Api<AcmeDnsAccount>, index: Arc<AccountIndex>, health: Health) {
-    let mut relist: Vec<AcmeDnsAccount> = Vec::new();
-    let mut events = watcher(accounts, watcher::Config::default())
-        .default_backoff()
-        .boxed();
-    while let Some(event) = events.next().await {
-        match event {
-            Ok(watcher::Event::Apply(account)) => {
-                info!(account = %AccountKey::of(&account), subdomain = ?account.status.as_ref().and_then(|s| s.subdomain.as_ref()), "account applied");
-                index.apply(&account);
-            }
-            Ok(watcher::Event::Delete(account)) => {
-                info!(account = %AccountKey::of(&account), "account deleted");
-                index.delete(&account);
-            }
-            Ok(watcher::Event::Init) => relist.clear(),
-            Ok(watcher::Event::InitApply(account)) => relist.push(account),
-            Ok(watcher::Event::InitDone) => {
-                index.reset(&relist);
-                if !health.mark_synced() {
-                    info!(
-                        accounts = relist.len(),
-                        "initial account sync complete; ready"
-                    );
-                }
-                relist = Vec::new();
-            }
-            Err(err) => {
-                warn!(%err, "AcmeDnsAccount watch failed; serving the last state seen, retrying")
-            }
-        }
-    }
 }
 
 /// Fails early, with the command that fixes it, when the CRD is missing; otherwise the

@@ -183,3 +183,246 @@ impl LeaderElection {
         }
     }
 }
+
+/// The election against an in-memory Lease API (GET, POST, PUT with resourceVersion
+/// checks, as the API server does them), so takeover and races are tested in
+/// milliseconds without a cluster.
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use axum::body::Body;
+    use http::{Method, Request, Response, StatusCode};
+    use serde_json::{Value, json};
+
+    use super::*;
+
+    const PATH: &str = "/apis/coordination.k8s.io/v1/namespaces/ops/leases";
+
+    /// The stored Lease and the next resourceVersion to hand out.
+    #[derive(Default)]
+    struct LeaseApi {
+        lease: Option<Value>,
+        version: u64,
+        /// Every request fails with 503, as when the API server is unreachable.
+        unavailable: bool,
+    }
+
+    fn client(api: Arc<Mutex<LeaseApi>>) -> Client {
+        let service = tower::service_fn(move |request: Request<kube::client::Body>| {
+            let api = api.clone();
+            async move {
+                let (parts, body) = request.into_parts();
+                let body = axum::body::to_bytes(Body::new(body), usize::MAX)
+                    .await
+                    .unwrap();
+                let mut api = api.lock().unwrap();
+                let (code, reply) = if api.unavailable {
+                    status(StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable")
+                } else {
+                    respond(&mut api, &parts.method, parts.uri.path(), &body)
+                };
+                Ok::<_, std::convert::Infallible>(
+                    Response::builder()
+                        .status(code)
+                        .header("content-type", "application/json")
+                        .body(Body::from(reply.to_string()))
+                        .unwrap(),
+                )
+            }
+        });
+        Client::new(service, "ops")
+    }
+
+    fn status(code: StatusCode, reason: &str) -> (StatusCode, Value) {
+        let body = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+            "reason": reason, "message": reason, "code": code.as_u16()});
+        (code, body)
+    }
+
+    fn respond(
+        api: &mut LeaseApi,
+        method: &Method,
+        path: &str,
+        body: &[u8],
+    ) -> (StatusCode, Value) {
+        let named = path.strip_prefix(PATH).and_then(|p| p.strip_prefix('/'));
+        match (method, named) {
+            (&Method::GET, Some(_)) => match &api.lease {
+                Some(lease) => (StatusCode::OK, lease.clone()),
+                None => status(StatusCode::NOT_FOUND, "NotFound"),
+            },
+            (&Method::POST, None) if api.lease.is_some() => {
+                status(StatusCode::CONFLICT, "AlreadyExists")
+            }
+            (&Method::POST, None) | (&Method::PUT, Some(_)) => {
+                let mut lease: Value = serde_json::from_slice(body).unwrap();
+                if method == Method::PUT {
+                    let current = api
+                        .lease
+                        .as_ref()
+                        .map(|l| l["metadata"]["resourceVersion"].clone());
+                    if current != Some(lease["metadata"]["resourceVersion"].clone()) {
+                        return status(StatusCode::CONFLICT, "Conflict");
+                    }
+                }
+                api.version += 1;
+                lease["metadata"]["resourceVersion"] = json!(api.version.to_string());
+                lease["metadata"]["namespace"] = json!("ops");
+                api.lease = Some(lease.clone());
+                (StatusCode::OK, lease)
+            }
+            _ => status(StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed"),
+        }
+    }
+
+    fn election(api: &Arc<Mutex<LeaseApi>>, identity: &str, duration: Duration) -> LeaderElection {
+        LeaderElection::new(client(api.clone()), "ops", "lead", identity, duration)
+    }
+
+    fn holder(api: &Arc<Mutex<LeaseApi>>) -> (String, i64) {
+        let api = api.lock().unwrap();
+        let spec = &api.lease.as_ref().unwrap()["spec"];
+        (
+            spec["holderIdentity"].as_str().unwrap().to_string(),
+            spec["leaseTransitions"].as_i64().unwrap(),
+        )
+    }
+
+    #[tokio::test]
+    async fn the_first_replica_creates_the_lease_and_the_second_waits() {
+        let api = Arc::new(Mutex::new(LeaseApi::default()));
+        let mut a = election(&api, "a", Duration::from_secs(15));
+        let mut b = election(&api, "b", Duration::from_secs(15));
+        assert!(a.try_acquire_or_renew().await.unwrap());
+        assert!(!b.try_acquire_or_renew().await.unwrap());
+        assert!(a.try_acquire_or_renew().await.unwrap(), "the holder renews");
+        assert!(!b.try_acquire_or_renew().await.unwrap());
+        assert_eq!(holder(&api), ("a".into(), 0));
+    }
+
+    #[tokio::test]
+    async fn a_lease_left_unrenewed_for_its_duration_is_taken_over() {
+        let api = Arc::new(Mutex::new(LeaseApi::default()));
+        let duration = Duration::from_millis(300);
+        let mut a = election(&api, "a", duration);
+        let mut b = election(&api, "b", duration);
+        assert!(a.try_acquire_or_renew().await.unwrap());
+        assert!(!b.try_acquire_or_renew().await.unwrap());
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert!(!b.try_acquire_or_renew().await.unwrap(), "not expired yet");
+        // `a` stops renewing. The lease duration in the object is whole seconds (1 s).
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        assert!(b.try_acquire_or_renew().await.unwrap());
+        assert_eq!(holder(&api), ("b".into(), 1));
+        assert!(
+            !a.try_acquire_or_renew().await.unwrap(),
+            "the old holder sees the new one and does not take it back"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_holder_whose_clock_is_far_behind_keeps_the_lease_while_it_renews() {
+        let api = Arc::new(Mutex::new(LeaseApi::default()));
+        let mut b = election(&api, "b", Duration::from_secs(1));
+        // The holder writes renewTime from a clock a day behind, but keeps renewing.
+        for _ in 0..4 {
+            {
+                let mut api = api.lock().unwrap();
+                api.version += 1;
+                let version = api.version.to_string();
+                api.lease = Some(json!({
+                    "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                    "metadata": {"name": "lead", "namespace": "ops", "resourceVersion": version},
+                    "spec": {"holderIdentity": "skewed", "leaseDurationSeconds": 1,
+                             "renewTime": "2026-01-01T00:00:00.000000Z", "leaseTransitions": 0},
+                }));
+            }
+            assert!(!b.try_acquire_or_renew().await.unwrap());
+            tokio::time::sleep(Duration::from_millis(400)).await;
+        }
+        assert_eq!(holder(&api).0, "skewed");
+    }
+
+    #[tokio::test]
+    async fn a_lease_renewed_from_a_clock_far_ahead_still_expires_when_renewals_stop() {
+        let api = Arc::new(Mutex::new(LeaseApi {
+            version: 7,
+            ..Default::default()
+        }));
+        api.lock().unwrap().lease = Some(json!({
+            "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+            "metadata": {"name": "lead", "namespace": "ops", "resourceVersion": "7"},
+            "spec": {"holderIdentity": "ahead", "leaseDurationSeconds": 1,
+                     "renewTime": "2099-01-01T00:00:00.000000Z", "leaseTransitions": 3},
+        }));
+        let mut b = election(&api, "b", Duration::from_secs(1));
+        assert!(!b.try_acquire_or_renew().await.unwrap());
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        assert!(b.try_acquire_or_renew().await.unwrap());
+        assert_eq!(holder(&api), ("b".into(), 4));
+    }
+
+    #[tokio::test]
+    async fn two_replicas_racing_for_an_expired_lease_get_one_winner() {
+        let api = Arc::new(Mutex::new(LeaseApi {
+            version: 1,
+            ..Default::default()
+        }));
+        let mut b = election(&api, "b", Duration::from_secs(1));
+        let mut c = election(&api, "c", Duration::from_secs(1));
+        api.lock().unwrap().lease = Some(json!({
+            "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+            "metadata": {"name": "lead", "namespace": "ops", "resourceVersion": "1"},
+            "spec": {"holderIdentity": "gone", "leaseDurationSeconds": 1, "leaseTransitions": 0},
+        }));
+        assert!(!b.try_acquire_or_renew().await.unwrap());
+        assert!(!c.try_acquire_or_renew().await.unwrap());
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let (won_b, won_c) = tokio::join!(b.try_acquire_or_renew(), c.try_acquire_or_renew());
+        let winners = [won_b.unwrap(), won_c.unwrap()];
+        assert_eq!(winners.iter().filter(|w| **w).count(), 1, "{winners:?}");
+    }
+
+    #[tokio::test]
+    async fn a_leader_that_cannot_renew_steps_down_before_others_could_take_over() {
+        let api = Arc::new(Mutex::new(LeaseApi::default()));
+        let a = election(&api, "a", Duration::from_millis(3000));
+        let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<Instant>();
+        let leading = Arc::new(Mutex::new(Vec::new()));
+        let started = Instant::now();
+        let run = {
+            let leading = leading.clone();
+            let api = api.clone();
+            async move {
+                let stopped_tx = Mutex::new(Some(stopped_tx));
+                a.run(
+                    || {
+                        // Lose the API server as soon as we lead.
+                        api.lock().unwrap().unavailable = true;
+                        std::future::pending::<()>()
+                    },
+                    move |now_leading| {
+                        leading.lock().unwrap().push(now_leading);
+                        if !now_leading && let Some(tx) = stopped_tx.lock().unwrap().take() {
+                            let _ = tx.send(Instant::now());
+                        }
+                    },
+                )
+                .await
+            }
+        };
+        let stopped = tokio::select! {
+            () = run => unreachable!("the election never returns"),
+            stopped = stopped_rx => stopped.unwrap(),
+        };
+        assert_eq!(*leading.lock().unwrap(), [true, false]);
+        // Renewals fail; the leader stops within the lease duration (3 s), before
+        // another replica may consider the lease expired.
+        assert!(
+            stopped - started < Duration::from_millis(3000),
+            "{:?}",
+            stopped - started
+        );
+    }
+}

@@ -3,16 +3,21 @@
 //! CNAME delegation, and records Events. One replica runs it at a time, chosen through
 //! a Lease; every replica answers DNS regardless.
 //!
-//! Reconcile is a pipeline: decide the subdomain against the index (needs shared
-//! state) → check delegation when due (needs the network) → compute the status (pure,
-//! in `status`) → write it if it changed → record Events for what changed.
+//! Reconcile is a pipeline: decide the subdomain against the index (`subdomain`) →
+//! check delegation when due (`schedule`, then the network in `delegation`) → compute
+//! the status and the Events it deserves (pure, in `status`) → write the status if it
+//! changed → record the Events.
+//!
+//! The controller reads the process's one account watch (`crate::watch`): its store,
+//! and its stream of changes while this replica leads.
 
 pub mod delegation;
 pub mod lease;
+pub mod schedule;
 pub mod status;
+pub mod subdomain;
 
 use std::{
-    collections::HashMap,
     net::SocketAddr,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
@@ -27,7 +32,6 @@ use kube::{
         Controller,
         controller::Action,
         events::{Event, EventType, Recorder, Reporter},
-        watcher,
     },
 };
 use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
@@ -35,12 +39,13 @@ use tracing::{info, warn};
 
 use self::{
     delegation::Finding,
-    status::{DELEGATED, DelegationState, Facts, READY, Subdomain},
+    schedule::{DelegationSchedule, Subject},
+    status::{DELEGATED, DelegationState, Facts, Notice, Subdomain},
 };
 use crate::{
-    api::{AcmeDnsAccount, AcmeDnsAccountStatus},
-    dns::Zone,
-    index::{AccountIndex, AccountKey, Label},
+    api::AcmeDnsAccount,
+    index::{AccountIndex, AccountKey, ReservedLabels},
+    watch::SharedAccounts,
 };
 
 #[derive(clap::Args, Debug, Clone)]
@@ -99,18 +104,76 @@ impl ControllerArgs {
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    #[error("the status of {account} changed while it was reconciled; reconciling the newer one")]
+    Conflict { account: AccountKey },
+    #[error(
+        "not allowed to write the status of {account} ({message}): grant update on acmednsaccounts/status to this identity (the Helm chart's RBAC does)"
+    )]
+    Forbidden {
+        account: AccountKey,
+        message: String,
+    },
+    #[error("{account} was deleted while it was reconciled")]
+    Gone { account: AccountKey },
+    #[error(
+        "the API server rejected the status of {account}: {message}; this is a bug in kube-acme-dns or a CRD older than this version: apply the CRD from this release"
+    )]
+    Rejected {
+        account: AccountKey,
+        message: String,
+    },
     #[error("cannot write the status of {account}: {source}")]
-    WriteStatus {
+    Api {
         account: AccountKey,
         #[source]
         source: kube::Error,
     },
 }
 
+impl Error {
+    fn writing_status(account: &AccountKey, source: kube::Error) -> Self {
+        let account = account.clone();
+        match source {
+            kube::Error::Api(s) if s.code == 409 => Error::Conflict { account },
+            kube::Error::Api(s) if s.code == 403 => Error::Forbidden {
+                account,
+                message: s.message,
+            },
+            kube::Error::Api(s) if s.code == 404 => Error::Gone { account },
+            kube::Error::Api(s) if s.code == 422 || s.code == 400 => Error::Rejected {
+                account,
+                message: s.message,
+            },
+            source => Error::Api { account, source },
+        }
+    }
+
+    /// The `cause` label of `kube_acme_dns_reconcile_errors_total`.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::Conflict { .. } => "conflict",
+            Error::Forbidden { .. } => "forbidden",
+            Error::Gone { .. } => "gone",
+            Error::Rejected { .. } => "rejected",
+            Error::Api { .. } => "api",
+        }
+    }
+
+    /// When to try again: a conflict or a deletion brings a newer object anyway.
+    fn retry_after(&self) -> Duration {
+        match self {
+            Error::Conflict { .. } | Error::Gone { .. } => Duration::from_millis(200),
+            Error::Forbidden { .. } | Error::Rejected { .. } => Duration::from_secs(30),
+            Error::Api { .. } => Duration::from_secs(5),
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct ControllerMetrics {
     pub leader: IntGauge,
     reconciles: IntCounterVec,
+    errors: IntCounterVec,
 }
 
 impl ControllerMetrics {
@@ -126,47 +189,64 @@ impl ControllerMetrics {
             ),
             &["result"],
         )?;
+        let errors = IntCounterVec::new(
+            Opts::new(
+                "kube_acme_dns_reconcile_errors_total",
+                "Failed account reconciliations, by cause: conflict (a concurrent write; retried at once), forbidden (RBAC), gone (deleted meanwhile), rejected (the API server refused the status), api (the API server could not be reached or failed)",
+            ),
+            &["cause"],
+        )?;
         registry.register(Box::new(leader.clone()))?;
         registry.register(Box::new(reconciles.clone()))?;
-        Ok(Self { leader, reconciles })
+        registry.register(Box::new(errors.clone()))?;
+        Ok(Self {
+            leader,
+            reconciles,
+            errors,
+        })
     }
 }
 
-/// When the delegation of one account was last checked, and for what.
-struct DelegationMemo {
-    checked_for: (Vec<String>, String),
-    next_check: Instant,
-    failures: u32,
+/// Everything the controller needs, from `serve`.
+pub struct ControllerConfig {
+    pub client: Client,
+    /// The process's account watch.
+    pub accounts: SharedAccounts,
+    /// The zone accounts are served under.
+    pub zone: String,
+    /// Labels the zone itself uses.
+    pub reserved: ReservedLabels,
+    pub index: Arc<AccountIndex>,
+    pub args: ControllerArgs,
+    /// This replica's name in the Lease and in Events.
+    pub identity: String,
+    pub metrics: ControllerMetrics,
 }
 
-pub struct Context {
+struct Context {
     client: Client,
-    zone: Arc<Zone>,
-    zone_name: String,
+    zone: String,
+    reserved: ReservedLabels,
     index: Arc<AccountIndex>,
     recorder: Recorder,
     resolver: Option<SocketAddr>,
     txt_max_age: SignedDuration,
-    memos: Mutex<HashMap<AccountKey, DelegationMemo>>,
+    schedule: Mutex<DelegationSchedule>,
     metrics: ControllerMetrics,
 }
 
-/// Delegation is rechecked after this while it holds, and with backoff from
-/// [`RECHECK_MIN`] up to this while it does not.
-const RECHECK_MAX: Duration = Duration::from_secs(3600);
-const RECHECK_MIN: Duration = Duration::from_secs(10);
-
-#[allow(clippy::too_many_arguments)]
-pub async fn run(
-    client: Client,
-    accounts: Api<AcmeDnsAccount>,
-    zone: Arc<Zone>,
-    zone_name: String,
-    index: Arc<AccountIndex>,
-    args: ControllerArgs,
-    identity: String,
-    metrics: ControllerMetrics,
-) {
+/// Runs the controller whenever this replica holds the Lease. Never returns.
+pub async fn run(config: ControllerConfig) {
+    let ControllerConfig {
+        client,
+        accounts,
+        zone,
+        reserved,
+        index,
+        args,
+        identity,
+        metrics,
+    } = config;
     let resolver = args.resolver();
     match resolver {
         Some(r) => info!(resolver = %r, "checking CNAME delegations through this resolver"),
@@ -184,12 +264,12 @@ pub async fn run(
     let ctx = Arc::new(Context {
         client: client.clone(),
         zone,
-        zone_name,
+        reserved,
         index,
         recorder,
         resolver,
         txt_max_age: SignedDuration::from_secs(args.txt_max_age as i64),
-        memos: Mutex::new(HashMap::new()),
+        schedule: Mutex::new(DelegationSchedule::default()),
         metrics: metrics.clone(),
     });
     let election = lease::LeaderElection::new(
@@ -203,9 +283,21 @@ pub async fn run(
     election
         .run(
             || {
-                Controller::new(accounts.clone(), watcher::Config::default())
-                    .run(reconcile, error_policy, ctx.clone())
-                    .for_each(|_| futures::future::ready(()))
+                let (accounts, ctx) = (accounts.clone(), ctx.clone());
+                async move {
+                    let store = accounts.store();
+                    // Subscribe first, then reconcile everything the store holds once it
+                    // is complete: nothing changed in between is missed.
+                    let changes = accounts.changes();
+                    if store.wait_until_ready().await.is_err() {
+                        return;
+                    }
+                    Controller::for_shared_stream(changes, store)
+                        .reconcile_all_on(futures::stream::once(futures::future::ready(())))
+                        .run(reconcile, error_policy, ctx)
+                        .for_each(|_| futures::future::ready(()))
+                        .await
+                }
             },
             move |leading| leader.set(i64::from(leading)),
         )
@@ -214,7 +306,7 @@ pub async fn run(
 
 async fn reconcile(account: Arc<AcmeDnsAccount>, ctx: Arc<Context>) -> Result<Action, Error> {
     let key = AccountKey::of(&account);
-    let subdomain = decide_subdomain(&account, &ctx);
+    let subdomain = subdomain::decide(&account, &ctx.reserved, &ctx.index, subdomain::random_label);
     let delegation = match &subdomain {
         Subdomain::Assigned(label) => check_delegation_if_due(&account, &key, label, &ctx).await,
         _ => DelegationState::Unchanged,
@@ -222,7 +314,7 @@ async fn reconcile(account: Arc<AcmeDnsAccount>, ctx: Arc<Context>) -> Result<Ac
     let now = Timestamp::now();
     let desired = status::desired_status(&Facts {
         account: &account,
-        zone: &ctx.zone_name,
+        zone: &ctx.zone,
         subdomain: &subdomain,
         delegation: &delegation,
         now,
@@ -239,69 +331,44 @@ async fn reconcile(account: Arc<AcmeDnsAccount>, ctx: Arc<Context>) -> Result<Ac
         let api: Api<AcmeDnsAccount> = Api::namespaced(ctx.client.clone(), &key.namespace);
         api.replace_status(&key.name, &PostParams::default(), &updated)
             .await
-            .map_err(|source| Error::WriteStatus {
-                account: key.clone(),
-                source,
-            })?;
-        record_changes(&account, &current, &desired, &ctx).await;
+            .map_err(|source| Error::writing_status(&key, source))?;
+        publish(
+            &account,
+            status::events(&current, &desired, ctx.txt_max_age),
+            &ctx,
+        )
+        .await;
     }
     ctx.metrics.reconciles.with_label_values(&["ok"]).inc();
 
-    let mut requeue = RECHECK_MAX;
+    let mut requeue = schedule::RECHECK_MAX;
     if let Some(expiry) = status::next_txt_expiry(&desired, ctx.txt_max_age) {
         let until = expiry.duration_since(now).unsigned_abs();
         requeue = requeue.min(until + Duration::from_secs(1));
     }
-    if let Some(memo) = ctx
-        .memos
+    if let Some(next) = ctx
+        .schedule
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .get(&key)
+        .next_check(&key)
     {
-        requeue = requeue.min(memo.next_check.saturating_duration_since(Instant::now()));
+        requeue = requeue.min(next.saturating_duration_since(Instant::now()));
     }
     Ok(Action::requeue(requeue.max(Duration::from_secs(1))))
 }
 
 fn error_policy(account: Arc<AcmeDnsAccount>, error: &Error, ctx: Arc<Context>) -> Action {
     ctx.metrics.reconciles.with_label_values(&["error"]).inc();
-    let conflict =
-        matches!(error, Error::WriteStatus { source: kube::Error::Api(s), .. } if s.code == 409);
-    if conflict {
+    ctx.metrics
+        .errors
+        .with_label_values(&[error.metric_label()])
+        .inc();
+    match error {
         // Someone else wrote first; the newer object is already on its way.
-        return Action::requeue(Duration::from_millis(200));
+        Error::Conflict { .. } | Error::Gone { .. } => {}
+        _ => warn!(account = %AccountKey::of(&account), %error, "reconcile failed; retrying"),
     }
-    warn!(account = %AccountKey::of(&account), %error, "reconcile failed; retrying");
-    Action::requeue(Duration::from_secs(5))
-}
-
-/// The label this account should be served under. The label already held is kept; a
-/// label another account holds is refused rather than served twice.
-fn decide_subdomain(account: &AcmeDnsAccount, ctx: &Context) -> Subdomain {
-    let pinned = account.spec.subdomain.as_ref().map(|s| s.0.clone());
-    let held = account
-        .status
-        .as_ref()
-        .and_then(|s| s.subdomain.as_ref())
-        .map(|s| s.0.clone());
-    let wanted = pinned
-        .or(held)
-        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-    let Some(label) = Label::new(wanted.as_bytes()) else {
-        // The CRD validates spec.subdomain; this only guards hand-written status.
-        return Subdomain::Reserved { label: wanted };
-    };
-    if ctx.zone.uses_label(label.as_bytes()) {
-        return Subdomain::Reserved { label: wanted };
-    }
-    let me = AccountKey::of(account);
-    match ctx.index.claimants(&label).into_iter().next() {
-        Some(first) if first != me => Subdomain::Taken {
-            label: wanted,
-            by: first,
-        },
-        _ => Subdomain::Assigned(wanted),
-    }
+    Action::requeue(error.retry_after())
 }
 
 async fn check_delegation_if_due(
@@ -314,22 +381,21 @@ async fn check_delegation_if_due(
     if domains.is_empty() {
         return DelegationState::NoDomains;
     }
-    let fqdn = format!("{label}.{}.", ctx.zone_name.trim_end_matches('.'));
-    let subject = (domains.clone(), fqdn.clone());
+    let fqdn = format!("{label}.{}.", ctx.zone.trim_end_matches('.'));
+    let subject: Subject = (domains.clone(), fqdn.clone());
+    // A status without the condition (new, or written by hand) is checked at once.
     let has_condition = account.status.as_ref().is_some_and(|s| {
         s.conditions
             .iter()
             .any(|c| c.type_ == DELEGATED && c.reason != "NoDomains")
     });
-    {
-        let memos = ctx.memos.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(memo) = memos.get(key)
-            && memo.checked_for == subject
-            && memo.next_check > Instant::now()
-            && has_condition
-        {
-            return DelegationState::Unchanged;
-        }
+    let due =
+        ctx.schedule
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .due(key, &subject, Instant::now());
+    if !due && has_condition {
+        return DelegationState::Unchanged;
     }
     let Some(resolver) = ctx.resolver else {
         return DelegationState::Checked(
@@ -355,102 +421,27 @@ async fn check_delegation_if_due(
             .map(|d| async move { (d.clone(), delegation::check(resolver, d, fqdn_ref).await) }),
     )
     .await;
-    let ok = findings.iter().all(|(_, f)| *f == Finding::Delegated);
-    let mut memos = ctx.memos.lock().unwrap_or_else(|p| p.into_inner());
-    let failures = match memos.get(key) {
-        Some(memo) if !ok && memo.checked_for == subject => memo.failures + 1,
-        _ if ok => 0,
-        _ => 1,
-    };
-    let wait = if ok {
-        RECHECK_MAX
-    } else {
-        (RECHECK_MIN * 2u32.saturating_pow(failures.saturating_sub(1).min(10))).min(RECHECK_MAX)
-    };
-    memos.insert(
-        key.clone(),
-        DelegationMemo {
-            checked_for: subject,
-            next_check: Instant::now() + wait,
-            failures,
-        },
-    );
+    let delegated = findings.iter().all(|(_, f)| *f == Finding::Delegated);
+    ctx.schedule
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .record(key, subject, delegated, Instant::now());
     DelegationState::Checked(findings)
 }
 
-/// Events for what a user would want to hear about: a subdomain assigned or refused,
-/// delegation found or lost, TXT values expired.
-async fn record_changes(
-    account: &AcmeDnsAccount,
-    old: &AcmeDnsAccountStatus,
-    new: &AcmeDnsAccountStatus,
-    ctx: &Context,
-) {
-    let mut events = Vec::new();
-    if new.subdomain.is_some() && old.subdomain != new.subdomain {
-        let records: Vec<String> = new
-            .cnames
-            .iter()
-            .map(|c| format!("{} CNAME {}", c.name, c.target))
-            .collect();
-        events.push((
-            EventType::Normal,
-            "SubdomainAssigned",
-            if records.is_empty() {
-                format!("served at {}", new.fqdn.clone().unwrap_or_default())
-            } else {
-                format!(
-                    "served at {}; publish: {}",
-                    new.fqdn.clone().unwrap_or_default(),
-                    records.join(", ")
-                )
-            },
-        ));
-    }
-    let condition =
-        |s: &AcmeDnsAccountStatus, t: &str| s.conditions.iter().find(|c| c.type_ == t).cloned();
-    if let Some(ready) = condition(new, READY)
-        && ready.status == "False"
-        && condition(old, READY).map(|c| (c.status, c.reason))
-            != Some((ready.status.clone(), ready.reason.clone()))
-    {
-        events.push((
-            EventType::Warning,
-            "SubdomainRefused",
-            ready.message.clone(),
-        ));
-    }
-    if let Some(delegated) = condition(new, DELEGATED)
-        && condition(old, DELEGATED).map(|c| (c.status, c.message))
-            != Some((delegated.status.clone(), delegated.message.clone()))
-    {
-        match delegated.status.as_str() {
-            "True" => events.push((EventType::Normal, "Delegated", delegated.message.clone())),
-            "False" => events.push((
-                EventType::Warning,
-                "NotDelegated",
-                delegated.message.clone(),
-            )),
-            _ => {}
-        }
-    }
-    let expired = old.txt.iter().filter(|t| !new.txt.contains(t)).count();
-    if expired > 0 && old.subdomain == new.subdomain {
-        events.push((
-            EventType::Normal,
-            "TxtExpired",
-            format!(
-                "dropped {expired} TXT value(s) older than {}s",
-                ctx.txt_max_age.as_secs()
-            ),
-        ));
-    }
+/// Records `notices` as Events on the account. A failure is logged, never fatal: the
+/// status already says everything the Events do.
+async fn publish(account: &AcmeDnsAccount, notices: Vec<Notice>, ctx: &Context) {
     let reference = account.object_ref(&());
-    for (type_, reason, note) in events {
+    for notice in notices {
         let event = Event {
-            type_,
-            reason: reason.into(),
-            note: Some(note),
+            type_: if notice.warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: notice.reason.into(),
+            note: Some(notice.note),
             action: "Reconcile".into(),
             secondary: None,
         };

@@ -158,6 +158,88 @@ pub fn next_txt_expiry(
     status.txt.iter().map(|t| t.updated_at.0 + max_age).min()
 }
 
+/// Something a user would want to hear about, recorded as a Kubernetes Event.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Notice {
+    pub warning: bool,
+    pub reason: &'static str,
+    pub note: String,
+}
+
+impl Notice {
+    fn normal(reason: &'static str, note: String) -> Self {
+        Self {
+            warning: false,
+            reason,
+            note,
+        }
+    }
+
+    fn warning(reason: &'static str, note: String) -> Self {
+        Self {
+            warning: true,
+            reason,
+            note,
+        }
+    }
+}
+
+/// The Events a status change deserves: a subdomain assigned or refused, delegation
+/// found or lost, TXT values expired. Unchanged conditions say nothing again.
+pub fn events(
+    old: &AcmeDnsAccountStatus,
+    new: &AcmeDnsAccountStatus,
+    txt_max_age: SignedDuration,
+) -> Vec<Notice> {
+    let mut events = Vec::new();
+    if new.subdomain.is_some() && old.subdomain != new.subdomain {
+        let fqdn = new.fqdn.clone().unwrap_or_default();
+        let records: Vec<String> = new
+            .cnames
+            .iter()
+            .map(|c| format!("{} CNAME {}", c.name, c.target))
+            .collect();
+        events.push(Notice::normal(
+            "SubdomainAssigned",
+            if records.is_empty() {
+                format!("served at {fqdn}")
+            } else {
+                format!("served at {fqdn}; publish: {}", records.join(", "))
+            },
+        ));
+    }
+    let find =
+        |s: &AcmeDnsAccountStatus, t: &str| s.conditions.iter().find(|c| c.type_ == t).cloned();
+    if let Some(ready) = find(new, READY)
+        && ready.status == "False"
+        && find(old, READY).map(|c| (c.status, c.reason))
+            != Some((ready.status.clone(), ready.reason.clone()))
+    {
+        events.push(Notice::warning("SubdomainRefused", ready.message));
+    }
+    if let Some(delegated) = find(new, DELEGATED)
+        && find(old, DELEGATED).map(|c| (c.status, c.message))
+            != Some((delegated.status.clone(), delegated.message.clone()))
+    {
+        match delegated.status.as_str() {
+            "True" => events.push(Notice::normal("Delegated", delegated.message)),
+            "False" => events.push(Notice::warning("NotDelegated", delegated.message)),
+            _ => {}
+        }
+    }
+    let expired = old.txt.iter().filter(|t| !new.txt.contains(t)).count();
+    if expired > 0 && old.subdomain == new.subdomain {
+        events.push(Notice::normal(
+            "TxtExpired",
+            format!(
+                "dropped {expired} TXT value(s) older than {}s",
+                txt_max_age.as_secs()
+            ),
+        ));
+    }
+    events
+}
+
 fn delegation_condition(
     findings: &[(String, Finding)],
     fqdn: &str,
@@ -382,5 +464,94 @@ mod tests {
             account.status.as_ref(),
             "nothing to write when nothing changed"
         );
+    }
+
+    fn reasons(events: &[Notice]) -> Vec<&str> {
+        events.iter().map(|e| e.reason).collect()
+    }
+
+    #[test]
+    fn first_assignment_tells_the_user_what_to_publish_and_nothing_repeats() {
+        let now = Timestamp::from_second(2_000_000_000).unwrap();
+        let account = account(&["example.test"], &[], now);
+        let sub = Subdomain::Assigned("abc".into());
+        let old = AcmeDnsAccountStatus::default();
+        let new = desired_status(&facts(&account, &sub, &DelegationState::Unchanged, now));
+        let events = events(&old, &new, SignedDuration::from_secs(3600));
+        assert_eq!(reasons(&events), ["SubdomainAssigned"]);
+        assert!(!events[0].warning);
+        assert_eq!(
+            events[0].note,
+            "served at abc.auth.example.test.; publish: _acme-challenge.example.test. CNAME abc.auth.example.test."
+        );
+        // The same status again is not news.
+        assert!(super::events(&new, &new, SignedDuration::from_secs(3600)).is_empty());
+    }
+
+    #[test]
+    fn refused_subdomain_is_a_warning_once() {
+        let now = Timestamp::from_second(2_000_000_000).unwrap();
+        let account = account(&["example.test"], &[], now);
+        let sub = Subdomain::Taken {
+            label: "abc".into(),
+            by: AccountKey {
+                namespace: "n".into(),
+                name: "older".into(),
+            },
+        };
+        let new = desired_status(&facts(&account, &sub, &DelegationState::Unchanged, now));
+        let events = events(
+            &AcmeDnsAccountStatus::default(),
+            &new,
+            SignedDuration::from_secs(3600),
+        );
+        assert_eq!(reasons(&events), ["SubdomainRefused"]);
+        assert!(events[0].warning);
+        assert!(events[0].note.contains("n/older"), "{}", events[0].note);
+        assert!(super::events(&new, &new, SignedDuration::from_secs(3600)).is_empty());
+    }
+
+    #[test]
+    fn delegation_found_and_lost_are_announced_and_unknown_is_not() {
+        let now = Timestamp::from_second(2_000_000_000).unwrap();
+        let account = account(&["example.test"], &[], now);
+        let sub = Subdomain::Assigned("abc".into());
+        let base = desired_status(&facts(&account, &sub, &DelegationState::Unchanged, now));
+        let with = |finding: Finding| {
+            let delegation = DelegationState::Checked(vec![("example.test".into(), finding)]);
+            desired_status(&facts(&account, &sub, &delegation, now))
+        };
+        let found = with(Finding::Delegated);
+        let lost = with(Finding::Missing {
+            name: "_acme-challenge.example.test.".into(),
+        });
+        let unknown = with(Finding::Unresolvable {
+            name: "_acme-challenge.example.test.".into(),
+            reason: "timeout".into(),
+        });
+        let age = SignedDuration::from_secs(3600);
+        assert_eq!(reasons(&events(&base, &found, age)), ["Delegated"]);
+        let lost_events = events(&found, &lost, age);
+        assert_eq!(reasons(&lost_events), ["NotDelegated"]);
+        assert!(lost_events[0].warning);
+        assert!(
+            lost_events[0]
+                .note
+                .contains("publish `_acme-challenge.example.test. CNAME abc.auth.example.test.`")
+        );
+        assert!(events(&found, &unknown, age).is_empty());
+    }
+
+    #[test]
+    fn expired_txt_values_are_counted_in_one_event() {
+        let now = Timestamp::from_second(2_000_000_000).unwrap();
+        let account = account(&["example.test"], &[10, 4000, 5000], now);
+        let sub = Subdomain::Assigned("abc".into());
+        let old = desired_status(&facts(&account, &sub, &DelegationState::Unchanged, now)).clone();
+        let mut old_with_all = old.clone();
+        old_with_all.txt = account.status.clone().unwrap().txt;
+        let events = events(&old_with_all, &old, SignedDuration::from_secs(3600));
+        assert_eq!(reasons(&events), ["TxtExpired"]);
+        assert_eq!(events[0].note, "dropped 2 TXT value(s) older than 3600s");
     }
 }

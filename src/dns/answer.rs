@@ -1,15 +1,15 @@
 //! The answer path: a pure function of (query bytes, zone, index) → response bytes.
 //! It allocates nothing per query beyond the output buffer the caller reuses.
 
-use super::{
+use super::zone::{Node, Zone};
+use crate::{
+    index::{AccountIndex, Label},
     wire::{
         self, CLASS_IN, Query, RCODE_BADVERS, RCODE_FORMERR, RCODE_NOERROR, RCODE_NOTIMP,
         RCODE_NXDOMAIN, RCODE_REFUSED, Reject, TYPE_A, TYPE_AAAA, TYPE_ANY, TYPE_AXFR, TYPE_HINFO,
         TYPE_IXFR, TYPE_MAILA, TYPE_MAILB, TYPE_NS, TYPE_OPT, TYPE_SOA, TYPE_TXT,
     },
-    zone::{Node, Zone},
 };
-use crate::index::{AccountIndex, Label};
 
 /// How the query arrived: UDP answers are bounded by the client's EDNS buffer size and
 /// truncated (TC) when they do not fit; TCP answers are always complete.
@@ -108,9 +108,9 @@ pub fn answer(
         && let Some(label) = Label::new(query.label(0))
         && index
             .with_served(&label, |served| match query.qtype {
-                TYPE_TXT if served.txt_count > 0 => {
-                    response.out.extend_from_slice(&served.txt_records);
-                    response.answers = served.txt_count;
+                TYPE_TXT if served.txt.count > 0 => {
+                    response.out.extend_from_slice(&served.txt.records);
+                    response.answers = served.txt.count;
                 }
                 TYPE_ANY => response.hinfo(zone),
                 _ => {}

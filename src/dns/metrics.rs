@@ -7,10 +7,8 @@ use prometheus::{
     local::{LocalHistogram, LocalIntCounter},
 };
 
-use super::{
-    Answered, Transport,
-    wire::{TYPE_A, TYPE_AAAA, TYPE_ANY, TYPE_CAA, TYPE_NS, TYPE_SOA, TYPE_TXT},
-};
+use super::{Answered, Transport};
+use crate::wire::{TYPE_A, TYPE_AAAA, TYPE_ANY, TYPE_CAA, TYPE_NS, TYPE_SOA, TYPE_TXT};
 
 const QTYPES: [&str; 8] = ["A", "AAAA", "TXT", "SOA", "NS", "CAA", "ANY", "other"];
 const RCODES: [&str; 8] = [

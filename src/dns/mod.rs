@@ -4,7 +4,6 @@
 pub mod answer;
 pub mod metrics;
 pub mod server;
-pub mod wire;
 pub mod zone;
 
 pub use answer::{Answered, Transport, answer};

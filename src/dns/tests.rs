@@ -12,7 +12,7 @@ use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 use super::*;
 use crate::{
     api::{AcmeDnsAccount, AcmeDnsAccountSpec, AcmeDnsAccountStatus, DnsLabel, TxtValue},
-    index::AccountIndex,
+    index::{AccountIndex, Label},
 };
 
 const ACCOUNT: &str = "d420c923-bbd7-4056-ab64-c3ca54c9b3cf";
@@ -519,4 +519,19 @@ fn zone_configuration_errors_say_what_to_write() {
     config.records = vec!["www.example.com. A 192.0.2.1".into()];
     let err = Zone::new(&config).unwrap_err().to_string();
     assert!(err.contains("outside the zone"), "{err}");
+}
+
+#[test]
+fn names_the_zone_uses_are_reserved_for_accounts() {
+    let reserved = zone().reserved_labels();
+    for label in ["ns", "NS", "api", "sub"] {
+        assert!(
+            reserved.contains(&Label::new(label.as_bytes()).unwrap()),
+            "{label} should be reserved"
+        );
+    }
+    // "deep" only exists below "sub"; an account label is one level below the apex.
+    for label in ["deep", ACCOUNT] {
+        assert!(!reserved.contains(&Label::new(label.as_bytes()).unwrap()));
+    }
 }

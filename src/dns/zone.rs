@@ -3,7 +3,8 @@
 
 use std::{collections::HashMap, net::IpAddr};
 
-use super::wire::{self, TYPE_A, TYPE_AAAA, TYPE_CAA, TYPE_NS, TYPE_SOA, TYPE_TXT};
+use crate::index::{Label, ReservedLabels};
+use crate::wire::{self, TYPE_A, TYPE_AAAA, TYPE_CAA, TYPE_NS, TYPE_SOA, TYPE_TXT};
 
 /// What the operator configures.
 #[derive(Clone, Debug)]
@@ -21,8 +22,6 @@ pub struct ZoneConfig {
     pub ttl: u32,
     /// SOA MINIMUM: the TTL of negative answers (RFC 2308 §4).
     pub negative_ttl: u32,
-    /// TTL of TXT answers for accounts.
-    pub txt_ttl: u32,
     /// Static records, `NAME TYPE DATA` (e.g. `api A 192.0.2.10`).
     pub records: Vec<String>,
 }
@@ -38,7 +37,6 @@ impl ZoneConfig {
             serial: 1,
             ttl: 3600,
             negative_ttl: 60,
-            txt_ttl: 1,
             records: Vec::new(),
             apex,
         }
@@ -110,7 +108,6 @@ pub struct Zone {
     /// SOA RDATA, used in the authority section of negative answers.
     pub soa_rdata: Vec<u8>,
     pub negative_ttl: u32,
-    pub txt_ttl: u32,
 }
 
 impl Zone {
@@ -127,7 +124,6 @@ impl Zone {
             names: HashMap::new(),
             soa_rdata: Vec::new(),
             negative_ttl: config.negative_ttl,
-            txt_ttl: config.txt_ttl,
         };
 
         let mname = absolute_name(&config.nameservers[0], "name server")?;
@@ -168,16 +164,17 @@ impl Zone {
         Ok(zone)
     }
 
-    /// Whether a single label right below the apex is a name the zone itself uses (a
-    /// name server, a static record, or a name above one), so no account may take it.
-    pub fn uses_label(&self, label: &[u8]) -> bool {
-        if label.is_empty() || label.len() > 63 {
-            return false;
-        }
-        let mut key = Vec::with_capacity(label.len() + 1);
-        key.push(label.len() as u8);
-        key.extend(label.iter().map(u8::to_ascii_lowercase));
-        self.names.contains_key(key.as_slice())
+    /// The single labels right below the apex that the zone itself uses (a name server,
+    /// a static record, or a name above one), so no account may take them.
+    pub fn reserved_labels(&self) -> ReservedLabels {
+        self.names
+            .keys()
+            .filter(|key| {
+                key.first()
+                    .is_some_and(|&len| len as usize + 1 == key.len())
+            })
+            .filter_map(|key| Label::new(&key[1..]))
+            .collect()
     }
 
     /// The node for `relative` (lowercase wire labels; empty = apex), creating it and

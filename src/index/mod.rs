@@ -12,15 +12,19 @@
 //! namespace/name, so every replica picks the same one.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, VecDeque},
     hash::{Hash, Hasher},
     sync::{Arc, Mutex},
+    time::Duration,
 };
 
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 
-use crate::api::AcmeDnsAccount;
+use crate::{
+    api::AcmeDnsAccount,
+    wire::{self, EncodedRrset},
+};
 
 /// One DNS label in lowercase, stored inline so lookups never allocate.
 #[derive(Clone, Copy)]
@@ -67,6 +71,23 @@ impl std::fmt::Debug for Label {
     }
 }
 
+/// Labels right below the apex that the zone itself uses (a name server, a static
+/// record, or a name above one), so no account may take them.
+#[derive(Clone, Debug, Default)]
+pub struct ReservedLabels(std::collections::HashSet<Label>);
+
+impl ReservedLabels {
+    pub fn contains(&self, label: &Label) -> bool {
+        self.0.contains(label)
+    }
+}
+
+impl FromIterator<Label> for ReservedLabels {
+    fn from_iter<I: IntoIterator<Item = Label>>(labels: I) -> Self {
+        Self(labels.into_iter().collect())
+    }
+}
+
 /// `namespace/name` of an account.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct AccountKey {
@@ -93,10 +114,8 @@ impl std::fmt::Display for AccountKey {
 #[derive(Debug)]
 pub struct ServedName {
     pub account: AccountKey,
-    /// Each TXT value as a complete answer record whose owner is a compression pointer
-    /// to the question name (offset 12), so the responder copies these bytes as they are.
-    pub txt_records: Box<[u8]>,
-    pub txt_count: u16,
+    /// The TXT values as answer records, copied by the responder as they are.
+    pub txt: EncodedRrset,
 }
 
 /// Order in which claims on one label are decided: oldest first, then by name.
@@ -107,8 +126,9 @@ struct Claim {
 }
 
 struct Entry {
-    /// resourceVersion as a number, when it is one (etcd revisions are).
-    version: Option<u64>,
+    /// The resourceVersions applied for this account, newest last, so a writer can wait
+    /// until the watch has delivered what it wrote (see [`AccountIndex::wait_for`]).
+    versions: VecDeque<Box<str>>,
     label: Option<Label>,
     claim: Claim,
     domains: Vec<String>,
@@ -133,10 +153,16 @@ fn add_claim(claims: &mut Vec<Claim>, claim: Claim) {
     }
 }
 
+/// resourceVersions remembered per account. A writer waits for its own version right
+/// after writing it, while at most a few other writes to the same account can overtake.
+const VERSIONS_KEPT: usize = 4;
+
 pub struct AccountIndex {
     txt_ttl: u32,
     served: papaya::HashMap<Label, Arc<ServedName>>,
     writer: Mutex<WriterState>,
+    /// Bumped after every change, to wake writers waiting for their version.
+    changed: tokio::sync::watch::Sender<u64>,
 }
 
 impl AccountIndex {
@@ -146,6 +172,7 @@ impl AccountIndex {
             txt_ttl,
             served: papaya::HashMap::new(),
             writer: Mutex::new(WriterState::default()),
+            changed: tokio::sync::watch::Sender::new(0),
         }
     }
 
@@ -167,12 +194,45 @@ impl AccountIndex {
     pub fn apply(&self, account: &AcmeDnsAccount) {
         let mut state = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         self.apply_locked(&mut state, account);
+        drop(state);
+        self.changed.send_modify(|n| *n += 1);
     }
 
     /// Removes an account.
     pub fn delete(&self, account: &AcmeDnsAccount) {
         let mut state = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         self.remove_locked(&mut state, &AccountKey::of(account));
+        drop(state);
+        self.changed.send_modify(|n| *n += 1);
+    }
+
+    /// Whether the index has applied `version` of `account`: it is among the last few
+    /// versions delivered for it, so later events may have arrived since.
+    pub fn has_applied(&self, account: &AccountKey, version: &str) -> bool {
+        let state = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        state
+            .accounts
+            .get(account)
+            .is_some_and(|e| e.versions.iter().any(|v| &**v == version))
+    }
+
+    /// Waits up to `bound` until the index has applied `version` of `account` (what a
+    /// writer just wrote), so the writer can promise that this replica answers it.
+    /// Returns whether it did; a watch that lags longer than `bound` makes it `false`.
+    pub async fn wait_for(&self, account: &AccountKey, version: &str, bound: Duration) -> bool {
+        // Subscribe before the first check, so a change in between is not missed.
+        let mut changes = self.changed.subscribe();
+        let seen = async {
+            loop {
+                if self.has_applied(account, version) {
+                    return;
+                }
+                if changes.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }
+        };
+        tokio::time::timeout(bound, seen).await.is_ok()
     }
 
     /// Replaces the whole content with `accounts` (after a watch re-list), touching only
@@ -193,6 +253,8 @@ impl AccountIndex {
         for account in accounts {
             self.apply_locked(&mut state, account);
         }
+        drop(state);
+        self.changed.send_modify(|n| *n += 1);
     }
 
     /// The account served at `label`, and every other account claiming it. The
@@ -226,24 +288,26 @@ impl AccountIndex {
     pub fn counts(&self) -> (usize, usize, usize) {
         let state = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         let served = self.served.pin();
-        let txt = served.iter().map(|(_, s)| s.txt_count as usize).sum();
+        let txt = served.iter().map(|(_, s)| s.txt.count as usize).sum();
         (state.accounts.len(), served.len(), txt)
     }
 
     fn apply_locked(&self, state: &mut WriterState, account: &AcmeDnsAccount) {
         let key = AccountKey::of(account);
-        let version = account
-            .metadata
-            .resource_version
-            .as_deref()
-            .and_then(|v| v.parse::<u64>().ok());
-        // The webhook applies what it wrote at once; a watch event for an older version
-        // arriving after that must not take the value away again. resourceVersions are
-        // opaque by contract, so this only applies when both are numbers.
-        if let (Some(new), Some(Some(old))) = (version, state.accounts.get(&key).map(|e| e.version))
-            && new < old
+        // The watch is the only writer and delivers events in order, so what arrives
+        // last is the newest state: no comparing of resourceVersions, which are opaque.
+        let mut versions = state
+            .accounts
+            .get_mut(&key)
+            .map(|e| std::mem::take(&mut e.versions))
+            .unwrap_or_default();
+        if let Some(version) = account.metadata.resource_version.as_deref()
+            && versions.back().map(|v| &**v) != Some(version)
         {
-            return;
+            if versions.len() == VERSIONS_KEPT {
+                versions.pop_front();
+            }
+            versions.push_back(version.into());
         }
         let status = account.status.as_ref();
         let label = status
@@ -255,13 +319,12 @@ impl AccountIndex {
         };
         let served = Arc::new(ServedName {
             account: key.clone(),
-            txt_records: encode_txt_records(
+            txt: wire::encode_txt_rrset(
                 status
                     .into_iter()
                     .flat_map(|s| s.txt.iter().map(|t| t.value.as_str())),
                 self.txt_ttl,
             ),
-            txt_count: status.map_or(0, |s| s.txt.len().min(u16::MAX as usize) as u16),
         });
 
         let mut domains: Vec<String> = account
@@ -281,7 +344,7 @@ impl AccountIndex {
         let previous = state.accounts.insert(
             key.clone(),
             Entry {
-                version,
+                versions,
                 label,
                 claim: claim.clone(),
                 domains,
@@ -362,35 +425,6 @@ fn release_claim(state: &mut WriterState, label: &Label, claim: &Claim) {
             state.claims.remove(label);
         }
     }
-}
-
-/// TXT answer records for `values`: owner = pointer to the question name, class IN.
-/// A value longer than 255 bytes is split into several character-strings (RFC 1035
-/// §3.3.14), so nothing a client wrote is cut off.
-fn encode_txt_records<'a>(values: impl Iterator<Item = &'a str>, ttl: u32) -> Box<[u8]> {
-    let mut out = Vec::new();
-    for value in values {
-        let bytes = value.as_bytes();
-        let chunks: Vec<&[u8]> = if bytes.is_empty() {
-            vec![&[][..]]
-        } else {
-            bytes.chunks(255).collect()
-        };
-        let rdlen: usize = chunks.iter().map(|c| c.len() + 1).sum();
-        if rdlen > u16::MAX as usize {
-            continue;
-        }
-        out.extend_from_slice(&[0xC0, 0x0C]);
-        out.extend_from_slice(&crate::dns::wire::TYPE_TXT.to_be_bytes());
-        out.extend_from_slice(&crate::dns::wire::CLASS_IN.to_be_bytes());
-        out.extend_from_slice(&ttl.to_be_bytes());
-        out.extend_from_slice(&(rdlen as u16).to_be_bytes());
-        for chunk in chunks {
-            out.push(chunk.len() as u8);
-            out.extend_from_slice(chunk);
-        }
-    }
-    out.into_boxed_slice()
 }
 
 #[cfg(test)]

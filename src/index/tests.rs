@@ -26,7 +26,7 @@ fn account(name: &str, created: i64, label: Option<&str>, values: &[&str]) -> Ac
 fn served(index: &AccountIndex, label: &str) -> Option<(String, u16)> {
     index
         .lookup(&Label::new(label.as_bytes()).unwrap())
-        .map(|s| (s.account.name.clone(), s.txt_count))
+        .map(|s| (s.account.name.clone(), s.txt.count))
 }
 
 #[test]
@@ -39,28 +39,14 @@ fn applied_account_is_served_at_its_label_in_any_case() {
 }
 
 #[test]
-fn txt_records_are_prepared_in_wire_format() {
+fn txt_values_are_served_as_the_wire_layer_encodes_them_with_the_index_ttl() {
     let index = AccountIndex::new(7);
-    index.apply(&account("a", 1, Some("abc"), &["xyz"]));
+    index.apply(&account("a", 1, Some("abc"), &["xyz", "second"]));
     let served = index.lookup(&Label::new(b"abc").unwrap()).unwrap();
     assert_eq!(
-        &*served.txt_records,
-        &[
-            0xC0, 0x0C, 0, 16, 0, 1, 0, 0, 0, 7, 0, 4, 3, b'x', b'y', b'z'
-        ]
+        served.txt,
+        crate::wire::encode_txt_rrset(["xyz", "second"], 7)
     );
-}
-
-#[test]
-fn long_values_are_split_into_character_strings_not_cut() {
-    let index = AccountIndex::new(1);
-    let long = "x".repeat(300);
-    index.apply(&account("a", 1, Some("abc"), &[&long]));
-    let served = index.lookup(&Label::new(b"abc").unwrap()).unwrap();
-    // 12-byte record header, then 255 + 45 bytes each with a length byte.
-    assert_eq!(served.txt_records.len(), 12 + 256 + 46);
-    assert_eq!(served.txt_records[12], 255);
-    assert_eq!(served.txt_records[12 + 256], 45);
 }
 
 #[test]
@@ -169,14 +155,71 @@ fn accounts_are_found_by_the_domains_they_list() {
     assert!(names("example.test").is_empty());
 }
 
-#[test]
-fn an_older_version_arriving_late_does_not_undo_a_newer_one() {
-    let index = AccountIndex::new(1);
-    let mut newer = account("a", 1, Some("abc"), &["new"]);
-    newer.metadata.resource_version = Some("20".into());
-    let mut older = account("a", 1, Some("abc"), &[]);
-    older.metadata.resource_version = Some("19".into());
-    index.apply(&newer);
-    index.apply(&older);
+fn versioned(version: &str, values: &[&str]) -> AcmeDnsAccount {
+    let mut account = account("a", 1, Some("abc"), values);
+    account.metadata.resource_version = Some(version.into());
+    account
+}
+
+/// The writer's view: it wrote version "20" with a new value; the watch first delivers
+/// the controller's earlier write "19" (without the value), then "20".
+#[tokio::test]
+async fn a_writer_waits_until_the_watch_delivers_its_version_and_then_it_is_served() {
+    let index = Arc::new(AccountIndex::new(1));
+    index.apply(&versioned("18", &[]));
+    let key = AccountKey {
+        namespace: "tenant".into(),
+        name: "a".into(),
+    };
+    let waiter = tokio::spawn({
+        let (index, key) = (index.clone(), key.clone());
+        async move { index.wait_for(&key, "20", Duration::from_secs(10)).await }
+    });
+    index.apply(&versioned("19", &[]));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(!waiter.is_finished(), "version 19 is not the one written");
+    assert_eq!(served(&index, "abc"), Some(("a".into(), 0)));
+
+    index.apply(&versioned("20", &["new"]));
+    assert!(waiter.await.unwrap(), "version 20 arrived");
     assert_eq!(served(&index, "abc"), Some(("a".into(), 1)));
+    // Once applied, a version stays known while later events arrive.
+    index.apply(&versioned("21", &["new", "newer"]));
+    assert!(index.has_applied(&key, "20"));
+}
+
+#[tokio::test]
+async fn a_writer_whose_version_never_arrives_gives_up_after_the_bound() {
+    let index = AccountIndex::new(1);
+    index.apply(&versioned("5", &[]));
+    let key = AccountKey {
+        namespace: "tenant".into(),
+        name: "a".into(),
+    };
+    let started = std::time::Instant::now();
+    assert!(!index.wait_for(&key, "6", Duration::from_millis(100)).await);
+    assert!(started.elapsed() >= Duration::from_millis(100));
+}
+
+#[tokio::test]
+async fn a_version_already_applied_needs_no_wait() {
+    let index = AccountIndex::new(1);
+    index.apply(&versioned("7", &["v"]));
+    let key = AccountKey {
+        namespace: "tenant".into(),
+        name: "a".into(),
+    };
+    assert!(index.wait_for(&key, "7", Duration::ZERO).await);
+}
+
+/// A re-list is applied whole: the versions it carries count as delivered too.
+#[tokio::test]
+async fn a_relist_delivers_versions_as_well() {
+    let index = AccountIndex::new(1);
+    index.reset(&[versioned("30", &["v"])]);
+    let key = AccountKey {
+        namespace: "tenant".into(),
+        name: "a".into(),
+    };
+    assert!(index.wait_for(&key, "30", Duration::from_secs(1)).await);
 }

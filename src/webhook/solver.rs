@@ -5,7 +5,7 @@ use std::{sync::Arc, time::Duration};
 
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 use kube::{Api, Client, api::PostParams};
-use tracing::info;
+use tracing::{info, warn};
 
 use super::resolver::{AccountResolver, ResolveError};
 use crate::{
@@ -51,6 +51,10 @@ pub struct Solver {
 
 /// Attempts at a read-modify-write before giving up to cert-manager's own retry.
 const WRITE_ATTEMPTS: u32 = 12;
+/// How long a write waits for the account watch to deliver it. The watch normally takes
+/// milliseconds; past this the write has still succeeded, and cert-manager's own DNS
+/// check waits for the value.
+const WATCH_DELIVERY: Duration = Duration::from_secs(5);
 
 impl ChallengeSolver for Solver {
     type Error = SolverError;
@@ -105,8 +109,8 @@ impl Solver {
     }
 
     /// Read, change, write with the resourceVersion read, and retry on conflict, so
-    /// concurrent Presents on one account (a wildcard and its apex) all land. The
-    /// written object goes into this replica's index at once.
+    /// concurrent Presents on one account (a wildcard and its apex) all land. Returns
+    /// once this replica's index holds the write.
     async fn update_txt(
         &self,
         account: &AccountKey,
@@ -137,7 +141,12 @@ impl Solver {
                 .await
             {
                 Ok(written) => {
-                    self.index.apply(&written);
+                    // The watch is the index's only writer: wait for it to deliver this
+                    // write, so this replica answers the value once Present returns.
+                    let version = written.metadata.resource_version.unwrap_or_default();
+                    if !self.index.wait_for(account, &version, WATCH_DELIVERY).await {
+                        warn!(%account, bound = ?WATCH_DELIVERY, "the account watch has not delivered a TXT change in time; it is stored and will be answered once the watch catches up");
+                    }
                     return Ok(());
                 }
                 Err(kube::Error::Api(s)) if s.code == 409 => {

@@ -299,3 +299,77 @@ pub fn encode_name(name: &str) -> Option<Vec<u8>> {
     out.push(0);
     (out.len() <= 255).then_some(out)
 }
+
+/// An RRset in answer-section form, ready to be copied after the question.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct EncodedRrset {
+    /// The records, each owned by a compression pointer to the question name.
+    pub records: Box<[u8]>,
+    pub count: u16,
+}
+
+/// TXT records for `values`, each owned by a pointer to the question name (offset 12,
+/// right after the header), class IN. A value longer than 255 bytes becomes several
+/// character-strings (RFC 1035 §3.3.14), so nothing a client wrote is cut off; a value
+/// too long for one record (RDLENGTH is 16 bits) is left out, as is anything past the
+/// 65 535th value.
+pub fn encode_txt_rrset<'a>(values: impl IntoIterator<Item = &'a str>, ttl: u32) -> EncodedRrset {
+    let mut out = Vec::new();
+    let mut count: u16 = 0;
+    for value in values {
+        let bytes = value.as_bytes();
+        let strings = bytes.len().div_ceil(255).max(1);
+        let rdlen = bytes.len() + strings;
+        if rdlen > u16::MAX as usize || count == u16::MAX {
+            continue;
+        }
+        write_record_header(&mut out, HEADER_LEN as u16, TYPE_TXT, ttl, rdlen as u16);
+        if bytes.is_empty() {
+            out.push(0);
+        }
+        for chunk in bytes.chunks(255) {
+            out.push(chunk.len() as u8);
+            out.extend_from_slice(chunk);
+        }
+        count += 1;
+    }
+    EncodedRrset {
+        records: out.into_boxed_slice(),
+        count,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn txt_rrset_points_at_the_question_and_splits_long_values() {
+        let long = "x".repeat(300);
+        let rrset = encode_txt_rrset(["ab", "", long.as_str()], 5);
+        assert_eq!(rrset.count, 3);
+        let r = &rrset.records;
+        // "ab": pointer to offset 12, TXT, IN, TTL 5, RDLENGTH 3, one string.
+        assert_eq!(
+            &r[..15],
+            &[0xC0, 12, 0, 16, 0, 1, 0, 0, 0, 5, 0, 3, 2, b'a', b'b']
+        );
+        // "": one empty character-string.
+        assert_eq!(&r[15..15 + 10], &[0xC0, 12, 0, 16, 0, 1, 0, 0, 0, 5]);
+        assert_eq!(&r[25..28], &[0, 1, 0]);
+        // 300 bytes: strings of 255 and 45, RDLENGTH 302.
+        assert_eq!(&r[28..38], &[0xC0, 12, 0, 16, 0, 1, 0, 0, 0, 5]);
+        assert_eq!(&r[38..40], &302u16.to_be_bytes());
+        assert_eq!(r[40], 255);
+        assert_eq!(r[40 + 256], 45);
+        assert_eq!(r.len(), 40 + 302);
+    }
+
+    #[test]
+    fn txt_value_too_long_for_one_record_is_left_out() {
+        let huge = "y".repeat(70_000);
+        let rrset = encode_txt_rrset([huge.as_str(), "ok"], 1);
+        assert_eq!(rrset.count, 1);
+        assert_eq!(rrset.records.len(), 12 + 3);
+    }
+}

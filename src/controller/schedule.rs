@@ -1,0 +1,163 @@
+//! When to check an account's CNAME delegation again. A delegation that holds is
+//! rechecked hourly; one that does not is rechecked with backoff from 10 s, doubling up to
+//! an hour, so a user who just published the CNAME sees `Delegated=True` soon while a
+//! domain nobody will ever delegate costs one lookup an hour. A change of what is checked
+//! (the domains or the FQDN) starts over.
+
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
+
+use crate::index::AccountKey;
+
+/// Recheck after this while the delegation holds, and never later than this.
+pub const RECHECK_MAX: Duration = Duration::from_secs(3600);
+/// First recheck after a failed check.
+pub const RECHECK_MIN: Duration = Duration::from_secs(10);
+
+/// What was checked: the account's domains and the FQDN they must point to.
+pub type Subject = (Vec<String>, String);
+
+struct Memo {
+    subject: Subject,
+    next_check: Instant,
+    failures: u32,
+}
+
+#[derive(Default)]
+pub struct DelegationSchedule {
+    memos: HashMap<AccountKey, Memo>,
+}
+
+impl DelegationSchedule {
+    /// Whether `subject` of `account` should be checked at `now`.
+    pub fn due(&self, account: &AccountKey, subject: &Subject, now: Instant) -> bool {
+        match self.memos.get(account) {
+            Some(memo) => memo.subject != *subject || memo.next_check <= now,
+            None => true,
+        }
+    }
+
+    /// Records a check's outcome; returns when the next one is due.
+    pub fn record(
+        &mut self,
+        account: &AccountKey,
+        subject: Subject,
+        delegated: bool,
+        now: Instant,
+    ) -> Instant {
+        let failures = match self.memos.get(account) {
+            _ if delegated => 0,
+            Some(memo) if memo.subject == subject => memo.failures.saturating_add(1),
+            _ => 1,
+        };
+        let wait = if delegated {
+            RECHECK_MAX
+        } else {
+            RECHECK_MIN
+                .saturating_mul(2u32.saturating_pow(failures.saturating_sub(1).min(16)))
+                .min(RECHECK_MAX)
+        };
+        let next_check = now + wait;
+        self.memos.insert(
+            account.clone(),
+            Memo {
+                subject,
+                next_check,
+                failures,
+            },
+        );
+        next_check
+    }
+
+    /// When the next check of `account` is due, if one was made.
+    pub fn next_check(&self, account: &AccountKey) -> Option<Instant> {
+        self.memos.get(account).map(|m| m.next_check)
+    }
+
+    /// Forgets a deleted account.
+    pub fn forget(&mut self, account: &AccountKey) {
+        self.memos.remove(account);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key() -> AccountKey {
+        AccountKey {
+            namespace: "team".into(),
+            name: "a".into(),
+        }
+    }
+
+    fn subject(domain: &str) -> Subject {
+        (vec![domain.into()], "abc.auth.example.test.".into())
+    }
+
+    #[test]
+    fn an_account_never_checked_is_due() {
+        let schedule = DelegationSchedule::default();
+        assert!(schedule.due(&key(), &subject("example.test"), Instant::now()));
+    }
+
+    #[test]
+    fn failures_back_off_from_ten_seconds_doubling_to_an_hour() {
+        let mut schedule = DelegationSchedule::default();
+        let start = Instant::now();
+        let mut now = start;
+        let mut waits = Vec::new();
+        for _ in 0..12 {
+            let next = schedule.record(&key(), subject("example.test"), false, now);
+            waits.push((next - now).as_secs());
+            assert!(!schedule.due(&key(), &subject("example.test"), now));
+            assert!(schedule.due(&key(), &subject("example.test"), next));
+            now = next;
+        }
+        assert_eq!(
+            waits,
+            [10, 20, 40, 80, 160, 320, 640, 1280, 2560, 3600, 3600, 3600]
+        );
+    }
+
+    #[test]
+    fn success_rechecks_hourly_and_resets_the_backoff() {
+        let mut schedule = DelegationSchedule::default();
+        let now = Instant::now();
+        for _ in 0..5 {
+            schedule.record(&key(), subject("example.test"), false, now);
+        }
+        let next = schedule.record(&key(), subject("example.test"), true, now);
+        assert_eq!(next - now, RECHECK_MAX);
+        let next = schedule.record(&key(), subject("example.test"), false, now);
+        assert_eq!(
+            next - now,
+            RECHECK_MIN,
+            "a new failure starts from the shortest wait"
+        );
+    }
+
+    #[test]
+    fn a_changed_subject_is_checked_at_once_and_starts_over() {
+        let mut schedule = DelegationSchedule::default();
+        let now = Instant::now();
+        for _ in 0..5 {
+            schedule.record(&key(), subject("example.test"), false, now);
+        }
+        assert!(schedule.due(&key(), &subject("other.test"), now));
+        let next = schedule.record(&key(), subject("other.test"), false, now);
+        assert_eq!(next - now, RECHECK_MIN);
+    }
+
+    #[test]
+    fn forgotten_accounts_are_due_again() {
+        let mut schedule = DelegationSchedule::default();
+        let now = Instant::now();
+        schedule.record(&key(), subject("example.test"), true, now);
+        schedule.forget(&key());
+        assert!(schedule.due(&key(), &subject("example.test"), now));
+        assert_eq!(schedule.next_check(&key()), None);
+    }
+}
