@@ -11,9 +11,13 @@ use std::{
 use anyhow::Context as _;
 use axum::{Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
 use prometheus::{Encoder, IntGauge, Registry, TextEncoder};
+use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::index::AccountIndex;
+use crate::{
+    http::{self, Limits},
+    index::AccountIndex,
+};
 
 #[derive(Clone)]
 pub struct Health {
@@ -60,11 +64,12 @@ impl Health {
     }
 }
 
-/// Binds the endpoint and returns the future serving it.
+/// Binds the endpoint and returns the future serving it until `shutdown`.
 pub async fn serve(
     addr: SocketAddr,
     health: Health,
-) -> anyhow::Result<impl Future<Output = std::io::Result<()>>> {
+    shutdown: CancellationToken,
+) -> anyhow::Result<impl Future<Output = ()>> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr} for metrics and health"))?;
@@ -74,7 +79,7 @@ pub async fn serve(
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .with_state(health);
-    Ok(async move { axum::serve(listener, app).await })
+    Ok(http::serve(listener, app, Limits::default(), shutdown))
 }
 
 async fn readyz(State(health): State<Health>) -> impl IntoResponse {

@@ -4,9 +4,11 @@
 //! and starts the roles that are enabled.
 
 pub mod api;
+pub mod apiserver;
 pub mod controller;
 pub mod dns;
 pub mod health;
+pub mod http;
 pub mod index;
 pub mod serve;
 pub mod telemetry;

@@ -14,16 +14,19 @@ use std::{
 use anyhow::Context as _;
 use kube::{Api, Client, api::ListParams};
 use prometheus::Registry;
-use tracing::info;
+use tokio::task::JoinError;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tracing::{info, warn};
 
 use crate::{
     api::AcmeDnsAccount,
     controller::{self, ControllerArgs, ControllerConfig, ControllerMetrics},
     dns::{Zone, ZoneConfig, metrics::DnsMetrics, server::DnsSockets},
     health::{self, Health},
+    http::Limits,
     index::AccountIndex,
     watch,
-    webhook::{self, WebhookArgs, solver::Solver},
+    webhook::{self, AccountResolver, Solver, WebhookArgs},
 };
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -169,7 +172,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let health = Health::new(registry.clone(), index.clone())?;
     let stop = Arc::new(AtomicBool::new(false));
 
-    let http = health::serve(args.metrics_addr, health.clone()).await?;
+    // Cancelled at SIGTERM: the HTTP servers stop accepting and finish what is in
+    // flight (bounded by their drain timeout) before the process exits.
+    let shutdown = CancellationToken::new();
+    let http_servers = TaskTracker::new();
+    let http = http_servers
+        .spawn(health::serve(args.metrics_addr, health.clone(), shutdown.clone()).await?);
 
     let dns = if args.roles.contains(&Role::Dns) {
         let threads = match args.dns.dns_threads {
@@ -194,12 +202,21 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         let solver = Solver {
             client: client.clone(),
             index: index.clone(),
-            zone: args.dns.zone.clone(),
-            cluster_resource_namespace: args.webhook.cluster_resource_namespace.clone(),
-            cross_namespace: args.webhook.webhook_cross_namespace,
+            resolver: AccountResolver {
+                index: index.clone(),
+                zone: args.dns.zone.clone(),
+                cluster_resource_namespace: args.webhook.cluster_resource_namespace.clone(),
+                cross_namespace: args.webhook.webhook_cross_namespace,
+            },
             max_txt_values: args.webhook.max_txt_values as usize,
         };
-        futures::future::Either::Left(webhook::serve(args.webhook.clone(), client.clone(), solver))
+        let server = http_servers.spawn(webhook::serve(
+            args.webhook.clone(),
+            client.clone(),
+            solver,
+            shutdown.clone(),
+        ));
+        futures::future::Either::Left(async move { joined(server.await) })
     } else {
         futures::future::Either::Right(std::future::pending())
     };
@@ -229,7 +246,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     };
 
     let result = tokio::select! {
-        result = http => result.context("metrics server failed"),
+        result = http => Err(match result {
+            Ok(()) => anyhow::anyhow!("the metrics server stopped"),
+            Err(e) => anyhow::anyhow!("the metrics server panicked: {e}"),
+        }),
         () = dns => Err(anyhow::anyhow!("the DNS TCP server stopped")),
         () = controller => Err(anyhow::anyhow!("the controller stopped")),
         result = webhook => result.context("the webhook solver failed"),
@@ -237,8 +257,23 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         () = health::shutdown_signal() => Ok(()),
     };
     stop.store(true, Ordering::Relaxed);
+    shutdown.cancel();
+    http_servers.close();
+    // Each server bounds its own drain; this bounds a server still starting up.
+    let drain = Limits::default().drain_timeout + std::time::Duration::from_secs(5);
+    if tokio::time::timeout(drain, http_servers.wait())
+        .await
+        .is_err()
+    {
+        warn!("HTTP servers still busy after {drain:?}; exiting anyway");
+    }
     info!("shut down");
     result
+}
+
+/// A spawned server's outcome; a panic in it is an error like any other.
+fn joined(result: Result<anyhow::Result<()>, JoinError>) -> anyhow::Result<()> {
+    result.unwrap_or_else(|e| Err(anyhow::anyhow!("panicked: {e}")))
 }
 
 fn default_identity() -> String {

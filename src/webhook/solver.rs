@@ -7,39 +7,21 @@ use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 use kube::{Api, Client, api::PostParams};
 use tracing::{info, warn};
 
-use super::payload::{ChallengeRequest, SolverConfig};
+use super::resolver::{AccountResolver, ResolveError};
 use crate::{
     api::{AcmeDnsAccount, TxtValue},
-    index::{AccountIndex, AccountKey, Label},
+    apiserver::{ChallengeSolver, payload::Challenge},
+    index::{AccountIndex, AccountKey},
 };
 
 #[derive(Debug, thiserror::Error)]
 pub enum SolverError {
-    #[error(
-        "invalid webhook config in the issuer: {0}; expected nothing, or {{\"accountRef\": {{\"name\": \"<account>\", \"namespace\": \"<namespace>\"}}}}"
-    )]
-    BadConfig(String),
-    #[error("unknown action {0:?}: cert-manager sends Present or CleanUp")]
-    UnknownAction(String),
+    #[error(transparent)]
+    Resolve(#[from] ResolveError),
     #[error(
         "the challenge has no key; cert-manager always sends one, so this caller is not cert-manager"
     )]
     NoKey,
-    #[error(
-        "no AcmeDnsAccount answers for {domain} in namespace {namespace}: create one with `spec.domains: [{domain}]` there, or point the issuer's webhook config at one with accountRef"
-    )]
-    NoAccount { domain: String, namespace: String },
-    #[error(
-        "several AcmeDnsAccounts list {domain} ({accounts}): a domain belongs to one account; remove it from all but one, or set accountRef in the issuer's webhook config"
-    )]
-    Ambiguous { domain: String, accounts: String },
-    #[error(
-        "issuers in namespace {namespace} may only use AcmeDnsAccounts in their own namespace, not {account}: use a ClusterIssuer, or move the account"
-    )]
-    OtherNamespace {
-        namespace: String,
-        account: AccountKey,
-    },
     #[error(
         "AcmeDnsAccount {0} does not exist: create it, or fix accountRef in the issuer's webhook config"
     )]
@@ -58,15 +40,12 @@ pub enum SolverError {
     Contended(AccountKey),
 }
 
+/// The acme-dns solver: TXT values live in the account's status, written with
+/// optimistic concurrency.
 pub struct Solver {
     pub client: Client,
     pub index: Arc<AccountIndex>,
-    pub zone: String,
-    /// Issuers whose challenges come from this namespace (ClusterIssuers: cert-manager's
-    /// cluster resource namespace) may use accounts in any namespace.
-    pub cluster_resource_namespace: String,
-    /// Let every issuer use accounts in any namespace.
-    pub cross_namespace: bool,
+    pub resolver: AccountResolver,
     pub max_txt_values: usize,
 }
 
@@ -77,29 +56,15 @@ const WRITE_ATTEMPTS: u32 = 12;
 /// check waits for the value.
 const WATCH_DELIVERY: Duration = Duration::from_secs(5);
 
-impl Solver {
-    pub async fn handle(&self, request: &ChallengeRequest) -> Result<(), SolverError> {
-        let config = parse_config(request.config.as_ref())?;
-        if request.key.is_empty() {
-            return Err(SolverError::NoKey);
-        }
-        match request.action.as_str() {
-            "Present" => {
-                let account = self.find_account(request, &config)?;
-                self.present(&account, &request.key).await
-            }
-            "CleanUp" => {
-                let account = self.find_account(request, &config)?;
-                self.clean_up(&account, &request.key).await
-            }
-            other => Err(SolverError::UnknownAction(other.to_string())),
-        }
-    }
+impl ChallengeSolver for Solver {
+    type Error = SolverError;
 
     /// Adds the key to the account's TXT values; nothing changes if it is there already.
-    pub async fn present(&self, account: &AccountKey, key: &str) -> Result<(), SolverError> {
+    async fn present(&self, challenge: &Challenge) -> Result<(), SolverError> {
+        let account = self.account_for(challenge)?;
+        let key = challenge.key.as_str();
         let max = self.max_txt_values.max(1);
-        self.update_txt(account, |txt| {
+        self.update_txt(&account, |txt| {
             if txt.iter().any(|t| t.value == key) {
                 return false;
             }
@@ -116,96 +81,31 @@ impl Solver {
             true
         })
         .await?;
-        info!(%account, "presented a TXT value");
+        info!(%account, domain = %challenge.dns_name, "presented a TXT value");
         Ok(())
     }
 
     /// Removes exactly this key, leaving every other value in place.
-    pub async fn clean_up(&self, account: &AccountKey, key: &str) -> Result<(), SolverError> {
-        self.update_txt(account, |txt| {
+    async fn clean_up(&self, challenge: &Challenge) -> Result<(), SolverError> {
+        let account = self.account_for(challenge)?;
+        let key = challenge.key.as_str();
+        self.update_txt(&account, |txt| {
             let before = txt.len();
             txt.retain(|t| t.value != key);
             txt.len() != before
         })
         .await?;
-        info!(%account, "cleaned up a TXT value");
+        info!(%account, domain = %challenge.dns_name, "cleaned up a TXT value");
         Ok(())
     }
+}
 
-    /// Explicit `accountRef`, else the account whose `spec.domains` lists the domain,
-    /// else (the CNAME already followed) the account served at `resolvedFQDN`.
-    pub fn find_account(
-        &self,
-        request: &ChallengeRequest,
-        config: &SolverConfig,
-    ) -> Result<AccountKey, SolverError> {
-        let namespace = request.resource_namespace.as_str();
-        let allowed = |account: &AccountKey| {
-            self.cross_namespace
-                || namespace == self.cluster_resource_namespace
-                || account.namespace == namespace
-        };
-        if let Some(reference) = &config.account_ref {
-            let account = AccountKey {
-                namespace: reference
-                    .namespace
-                    .clone()
-                    .unwrap_or_else(|| namespace.to_string()),
-                name: reference.name.clone(),
-            };
-            if !allowed(&account) {
-                return Err(SolverError::OtherNamespace {
-                    namespace: namespace.to_string(),
-                    account,
-                });
-            }
-            return Ok(account);
+impl Solver {
+    fn account_for(&self, challenge: &Challenge) -> Result<AccountKey, SolverError> {
+        if challenge.key.is_empty() {
+            return Err(SolverError::NoKey);
         }
-
-        let domain = request.dns_name.trim_end_matches('.').to_ascii_lowercase();
-        let listed: Vec<AccountKey> = self
-            .index
-            .accounts_for_domain(&domain)
-            .into_iter()
-            .filter(|a| allowed(a))
-            .collect();
-        // Prefer the issuer's own namespace when an account there lists the domain.
-        let own: Vec<&AccountKey> = listed.iter().filter(|a| a.namespace == namespace).collect();
-        match (own.as_slice(), listed.as_slice()) {
-            ([one], _) => return Ok((*one).clone()),
-            ([], [one]) => return Ok(one.clone()),
-            ([], []) => {}
-            _ => {
-                let accounts = listed
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join(", ");
-                return Err(SolverError::Ambiguous { domain, accounts });
-            }
-        }
-
-        if let Some(label) = self.label_in_zone(&request.resolved_fqdn)
-            && let Some(account) = self.index.account_for_label(&label)
-            && allowed(&account)
-        {
-            return Ok(account);
-        }
-        Err(SolverError::NoAccount {
-            domain,
-            namespace: namespace.to_string(),
-        })
-    }
-
-    /// `<label>.<zone>.` → label, when cert-manager followed the user's CNAME to us.
-    fn label_in_zone(&self, fqdn: &str) -> Option<Label> {
-        let fqdn = fqdn.trim_end_matches('.').to_ascii_lowercase();
-        let zone = self.zone.trim_end_matches('.').to_ascii_lowercase();
-        let label = fqdn.strip_suffix(&zone)?.strip_suffix('.')?;
-        if label.contains('.') {
-            return None;
-        }
-        Label::new(label.as_bytes())
+        Ok(self.resolver.resolve(challenge)?)
     }
 
     /// Read, change, write with the resourceVersion read, and retry on conflict, so
@@ -264,45 +164,4 @@ fn backoff(attempt: u32) -> Duration {
     let base = 10u64 << attempt.min(5);
     let jitter = u64::from(uuid::Uuid::new_v4().as_bytes()[0]) % base.max(1);
     Duration::from_millis(base + jitter)
-}
-
-pub fn parse_config(config: Option<&serde_json::Value>) -> Result<SolverConfig, SolverError> {
-    match config {
-        None | Some(serde_json::Value::Null) => Ok(SolverConfig::default()),
-        Some(value) => {
-            serde_json::from_value(value.clone()).map_err(|e| SolverError::BadConfig(e.to_string()))
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn config_may_be_absent_or_name_an_account() {
-        assert_eq!(parse_config(None).unwrap(), SolverConfig::default());
-        assert_eq!(
-            parse_config(Some(&serde_json::Value::Null)).unwrap(),
-            SolverConfig::default()
-        );
-        let config = parse_config(Some(
-            &serde_json::json!({"accountRef": {"name": "a", "namespace": "n"}}),
-        ))
-        .unwrap();
-        let reference = config.account_ref.unwrap();
-        assert_eq!(
-            (reference.name.as_str(), reference.namespace.as_deref()),
-            ("a", Some("n"))
-        );
-    }
-
-    #[test]
-    fn config_with_unknown_fields_says_what_is_expected() {
-        let err = parse_config(Some(&serde_json::json!({"acount": "typo"})))
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("unknown field `acount`"), "{err}");
-        assert!(err.contains("accountRef"), "{err}");
-    }
 }

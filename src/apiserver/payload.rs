@@ -21,21 +21,42 @@ pub struct ChallengePayload {
     pub request: Option<ChallengeRequest>,
 }
 
+/// `request` as sent; [`ChallengeRequest::action`] turns the action into an [`Action`]
+/// here at the edge, so a solver never sees the string.
 #[derive(Deserialize, Debug, Default, Clone)]
 #[serde(rename_all = "camelCase")]
 pub struct ChallengeRequest {
     #[serde(default)]
-    pub uid: String,
+    action: String,
+    #[serde(flatten)]
+    pub challenge: Challenge,
+}
+
+impl ChallengeRequest {
+    pub fn action(&self) -> Result<Action, UnknownAction> {
+        self.action.parse()
+    }
+}
+
+/// One DNS-01 challenge, as a solver sees it.
+#[derive(Deserialize, Debug, Default, Clone)]
+#[serde(rename_all = "camelCase")]
+pub struct Challenge {
+    /// Empty from cert-manager; echoed in the response.
     #[serde(default)]
-    pub action: String,
-    #[serde(default, rename = "type")]
-    pub type_: String,
+    pub uid: String,
+    /// The domain being validated: the bare domain for a wildcard.
     #[serde(default)]
     pub dns_name: String,
+    /// The TXT value to present or clean up.
     #[serde(default)]
     pub key: String,
+    /// The Issuer's namespace, or cert-manager's cluster resource namespace for a
+    /// ClusterIssuer.
     #[serde(default)]
     pub resource_namespace: String,
+    /// Where the TXT record goes, with a trailing dot; the CNAME target when the issuer
+    /// follows CNAMEs.
     #[serde(default, rename = "resolvedFQDN")]
     pub resolved_fqdn: String,
     #[serde(default)]
@@ -45,20 +66,35 @@ pub struct ChallengeRequest {
     pub config: Option<serde_json::Value>,
 }
 
-/// What the issuer's `webhook.config` may say.
-#[derive(Deserialize, Debug, Default, PartialEq, Eq)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct SolverConfig {
-    #[serde(default)]
-    pub account_ref: Option<AccountRef>,
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    Present,
+    CleanUp,
 }
 
-#[derive(Deserialize, Debug, Default, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct AccountRef {
-    pub name: String,
-    #[serde(default)]
-    pub namespace: Option<String>,
+#[derive(Debug, thiserror::Error)]
+#[error("unknown action {0:?}: cert-manager sends Present or CleanUp")]
+pub struct UnknownAction(pub String);
+
+impl std::str::FromStr for Action {
+    type Err = UnknownAction;
+
+    fn from_str(action: &str) -> Result<Self, UnknownAction> {
+        match action {
+            "Present" => Ok(Self::Present),
+            "CleanUp" => Ok(Self::CleanUp),
+            other => Err(UnknownAction(other.to_string())),
+        }
+    }
+}
+
+impl std::fmt::Display for Action {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Present => "Present",
+            Self::CleanUp => "CleanUp",
+        })
+    }
 }
 
 #[derive(Serialize, Debug)]
@@ -117,5 +153,42 @@ impl ChallengeReply {
                 }),
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_what_cert_manager_sends() {
+        let payload: ChallengePayload = serde_json::from_value(serde_json::json!({
+            "request": {
+                "uid": "",
+                "action": "CleanUp",
+                "type": "dns-01",
+                "dnsName": "example.com",
+                "key": "k",
+                "resourceNamespace": "team",
+                "resolvedFQDN": "_acme-challenge.example.com.",
+                "resolvedZone": "example.com.",
+                "config": {"accountRef": {"name": "a"}},
+            }
+        }))
+        .unwrap();
+        let request = payload.request.unwrap();
+        assert_eq!(request.action().unwrap(), Action::CleanUp);
+        assert_eq!(request.challenge.dns_name, "example.com");
+        assert_eq!(
+            request.challenge.resolved_fqdn,
+            "_acme-challenge.example.com."
+        );
+        assert!(request.challenge.config.is_some());
+    }
+
+    #[test]
+    fn an_unknown_action_names_the_two_known_ones() {
+        let err = "Destroy".parse::<Action>().unwrap_err().to_string();
+        assert!(err.contains("Present or CleanUp"), "{err}");
     }
 }
