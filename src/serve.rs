@@ -230,6 +230,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         }
     });
 
+    // Its own task, so it keeps feeding the index while the HTTP servers drain: a
+    // Present in flight at shutdown still sees its write delivered.
+    let mut watch = tokio::spawn(watch);
+
     let controller = if args.roles.contains(&Role::Controller) {
         futures::future::Either::Left(controller::run(ControllerConfig {
             client,
@@ -253,7 +257,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         () = dns => Err(anyhow::anyhow!("the DNS TCP server stopped")),
         () = controller => Err(anyhow::anyhow!("the controller stopped")),
         result = webhook => result.context("the webhook solver failed"),
-        () = watch => Err(anyhow::anyhow!("the AcmeDnsAccount watch ended, which it never should")),
+        result = &mut watch => Err(match result {
+            Ok(()) => anyhow::anyhow!("the AcmeDnsAccount watch ended, which it never should"),
+            Err(e) => anyhow::anyhow!("the AcmeDnsAccount watch panicked: {e}"),
+        }),
         () = health::shutdown_signal() => Ok(()),
     };
     stop.store(true, Ordering::Relaxed);
@@ -267,6 +274,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     {
         warn!("HTTP servers still busy after {drain:?}; exiting anyway");
     }
+    watch.abort();
     info!("shut down");
     result
 }
