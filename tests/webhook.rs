@@ -412,14 +412,17 @@ async fn callers_without_the_front_proxy_certificate_are_refused(f: &Fixture) {
         status, 401,
         "forged headers without the certificate: {reply}"
     );
-    let (status, reply) =
-        send(None, &https::Request::get("/apis/acme.acmedns.io/v1alpha1")).expect("an HTTP answer");
+    let discovery = https::Request::get("/apis/acme.acmedns.io/v1alpha1");
+    let (status, reply) = send(None, &discovery).expect("an HTTP answer");
     assert_eq!(status, 401, "discovery too: {reply}");
 
     // A client certificate from another CA: the TLS handshake itself refuses it (the
     // server trusts only the request-header CA), before any header is read.
+    https::handshake(f.webhook, &f.webhook_name, &ca, None)
+        .expect("without a client certificate the handshake completes");
     let rogue = pki::self_signed_client("front-proxy-client");
-    let refused = send(Some(&rogue), &forged).expect_err("a rogue certificate is refused");
+    let refused = https::handshake(f.webhook, &f.webhook_name, &ca, Some(&rogue))
+        .expect_err("a rogue certificate is refused");
     assert!(
         matches!(
             https::tls_error(&refused),

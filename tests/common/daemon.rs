@@ -57,22 +57,22 @@ impl Daemon {
         self
     }
 
-    /// Polls `ready` until it holds. Fails early when the daemon exits, and with the log
-    /// tail either way.
+    /// Polls `ready` until it returns Ok. Fails early when the daemon exits, and with
+    /// the last reason it was not ready and the log tail either way.
     pub fn wait_ready(
         &mut self,
-        what: &str,
         timeout: Duration,
-        mut ready: impl FnMut() -> bool,
+        mut ready: impl FnMut() -> Result<(), String>,
     ) -> Result<(), StartFailure> {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return Err(self.failure(&format!("{} exited ({status})", self.name)));
             }
-            if ready() {
-                return Ok(());
-            }
+            let not_ready = match ready() {
+                Ok(()) => return Ok(()),
+                Err(why) => why,
+            };
             if !self.fatal.is_empty() {
                 let log = std::fs::read_to_string(&self.log).unwrap_or_default();
                 if let Some(line) = log
@@ -86,7 +86,7 @@ impl Daemon {
             }
             if Instant::now() > deadline {
                 return Err(self.failure(&format!(
-                    "{} did not become ready within {timeout:?}: {what}",
+                    "{} did not become ready within {timeout:?}: {not_ready}",
                     self.name
                 )));
             }

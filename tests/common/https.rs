@@ -33,16 +33,12 @@ impl<'a> Request<'a> {
     }
 }
 
-/// Sends `request` to `addr`, verifying the server as `server_name` against `ca`, with
-/// `client` as the client certificate if given. Returns the status and body, or the I/O
-/// error (a TLS failure is an `io::Error` wrapping a `rustls::Error`: see `tls_error`).
-pub fn send(
+fn connect(
     addr: SocketAddr,
     server_name: &str,
     ca: &CertificateDer<'static>,
     client: Option<&Identity>,
-    request: &Request,
-) -> std::io::Result<(u16, String)> {
+) -> std::io::Result<StreamOwned<ClientConnection, TcpStream>> {
     let mut roots = RootCertStore::empty();
     roots.add(ca.clone()).unwrap();
     let builder =
@@ -61,9 +57,53 @@ pub fn send(
     let socket = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
     socket.set_read_timeout(Some(Duration::from_secs(10)))?;
     let mut tls = StreamOwned::new(connection, socket);
+    while tls.conn.is_handshaking() {
+        tls.conn.complete_io(&mut tls.sock)?;
+    }
+    Ok(tls)
+}
+
+/// Completes a TLS handshake and waits a moment for what the server says next. In
+/// TLS 1.3 the server judges the client's certificate after the client has finished its
+/// side of the handshake, so a refusal arrives as an alert just after it: that alert is
+/// the error. Ok when the server stays silent, waiting for a request.
+pub fn handshake(
+    addr: SocketAddr,
+    server_name: &str,
+    ca: &CertificateDer<'static>,
+    client: Option<&Identity>,
+) -> std::io::Result<()> {
+    let mut tls = connect(addr, server_name, ca, client)?;
+    tls.sock.set_read_timeout(Some(Duration::from_secs(2)))?;
+    let mut byte = [0u8; 1];
+    match tls.read(&mut byte) {
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) =>
+        {
+            Ok(())
+        }
+        Err(e) => Err(e),
+        Ok(_) => Ok(()),
+    }
+}
+
+/// Sends `request` to `addr`, verifying the server as `server_name` against `ca`, with
+/// `client` as the client certificate if given. Returns the status and body, or the I/O
+/// error (a TLS failure is an `io::Error` wrapping a `rustls::Error`: see `tls_error`).
+pub fn send(
+    addr: SocketAddr,
+    server_name: &str,
+    ca: &CertificateDer<'static>,
+    client: Option<&Identity>,
+    request: &Request,
+) -> std::io::Result<(u16, String)> {
+    let mut tls = connect(addr, server_name, ca, client)?;
 
     let mut head = format!(
-        "{} {} HTTP/1.0\r\nHost: {server_name}\r\nContent-Length: {}\r\n",
+        "{} {} HTTP/1.0\r\nHost: {server_name}\r\nUser-Agent: kube-acme-dns-tests\r\nContent-Length: {}\r\n",
         request.method,
         request.path,
         request.body.len()

@@ -94,10 +94,14 @@ zone:
             command.arg("-c").arg(&config);
             let mut daemon = Daemon::spawn("knotd", command, dir)
                 .fatal_log_lines(&["failed to load zone", "failed to parse zone"]);
-            daemon.wait_ready("SOA of every zone", Duration::from_secs(20), || {
-                zones
+            daemon.wait_ready(Duration::from_secs(20), || {
+                match zones
                     .iter()
-                    .all(|z| super::dns::answers_soa(addr, z, false))
+                    .find(|z| !super::dns::answers_soa(addr, z, false))
+                {
+                    Some(zone) => Err(format!("no authoritative SOA for {zone}")),
+                    None => Ok(()),
+                }
             })?;
             Ok(Knot {
                 addr,

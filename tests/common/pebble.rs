@@ -74,17 +74,16 @@ impl Pebble {
             let acme: SocketAddr = format!("127.0.0.1:{acme}").parse().unwrap();
             let management: SocketAddr = format!("127.0.0.1:{management}").parse().unwrap();
             let ca = https_ca.cert.cert_der();
-            daemon.wait_ready(
-                "the directory and the management API answer",
-                Duration::from_secs(30),
-                || {
-                    let get = |addr, path| {
-                        https::send(addr, "localhost", &ca, None, &Request::get(path))
-                            .is_ok_and(|(status, _)| status == 200)
-                    };
-                    get(acme, "/dir") && get(management, "/roots/0")
-                },
-            )?;
+            daemon.wait_ready(Duration::from_secs(30), || {
+                for (addr, path) in [(acme, "/dir"), (management, "/roots/0")] {
+                    match https::send(addr, "localhost", &ca, None, &Request::get(path)) {
+                        Ok((200, _)) => {}
+                        Ok((status, body)) => return Err(format!("GET {path}: {status} {body}")),
+                        Err(e) => return Err(format!("GET {path}: {e}")),
+                    }
+                }
+                Ok(())
+            })?;
             Ok((format!("https://{acme}/dir"), management, daemon))
         });
         Pebble {

@@ -107,11 +107,15 @@ impl Unbound {
             // -d: stay in the foreground, so the process is ours to stop; -p: no pidfile.
             command.arg("-d").arg("-p").arg("-c").arg(&config);
             let mut daemon = Daemon::spawn("unbound", command, dir);
-            daemon.wait_ready(
-                "SOA of every zone resolves",
-                Duration::from_secs(20),
-                || zones.iter().all(|z| super::dns::answers_soa(addr, z, true)),
-            )?;
+            daemon.wait_ready(Duration::from_secs(20), || {
+                match zones
+                    .iter()
+                    .find(|z| !super::dns::answers_soa(addr, z, true))
+                {
+                    Some(zone) => Err(format!("{zone} SOA does not resolve")),
+                    None => Ok(()),
+                }
+            })?;
             Ok(Unbound {
                 addr,
                 _daemon: daemon,
