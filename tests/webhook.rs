@@ -46,6 +46,7 @@ async fn fixture() -> Fixture {
         .map(|ns| common::spawn_serve(ns, ns, &["--roles", "controller"]))
         .collect();
     let dns = solver.serve.dns;
+    common::apply_service_account("cert-manager", "cert-manager");
     let cert_manager =
         common::client_from(&common::token_kubeconfig("cert-manager", "cert-manager")).await;
     let mut processes = controllers;
@@ -439,6 +440,7 @@ async fn callers_without_the_front_proxy_certificate_are_refused(f: &Fixture) {
 }
 
 async fn users_without_rbac_are_refused_by_the_api_server(f: &Fixture) {
+    common::apply_service_account(&f.tenant_a, "stranger");
     let stranger = common::client_from(&common::token_kubeconfig(&f.tenant_a, "stranger")).await;
     let challenge = Challenge::new("x.example.test", &f.tenant_a).resolved_to("");
     let (code, _) = present(&stranger, &challenge, "k").await;

@@ -164,14 +164,18 @@ pub fn apply_namespace(namespace: &str) {
     run("kubectl", &["apply", "-f", "-"], Some(&manifest));
 }
 
-/// A kubeconfig for the admin kubeconfig's cluster that authenticates with a token of
-/// the ServiceAccount `namespace/name` (created if missing).
-pub fn token_kubeconfig(namespace: &str, name: &str) -> std::path::PathBuf {
+/// Creates the ServiceAccount `namespace/name` (and its namespace) unless it exists.
+pub fn apply_service_account(namespace: &str, name: &str) {
     apply_namespace(namespace);
     let manifest = format!(
         "apiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: {name}\n  namespace: {namespace}\n"
     );
     run("kubectl", &["apply", "-f", "-"], Some(&manifest));
+}
+
+/// A kubeconfig for the admin kubeconfig's cluster that authenticates with a token of
+/// the ServiceAccount `namespace/name`.
+pub fn token_kubeconfig(namespace: &str, name: &str) -> std::path::PathBuf {
     let token = run(
         "kubectl",
         &["create", "token", name, "-n", namespace, "--duration", "1h"],
