@@ -102,15 +102,14 @@ pub fn txt_strings(reply: &Message) -> Vec<String> {
     values
 }
 
-/// The TXT values `server` answers for `name` over UDP, or None when it does not answer
-/// NOERROR.
+/// The TXT values `server` answers for `name`, asked over UDP and again over TCP when
+/// the answer is truncated (as a resolver does), sorted; None unless NOERROR.
 pub fn txt_values(server: SocketAddr, name: &str) -> Option<Vec<String>> {
-    let reply = udp(
-        server,
-        &query(name, RecordType::TXT, false, Some(4096)),
-        TIMEOUT,
-    )
-    .ok()?;
+    let query = query(name, RecordType::TXT, false, Some(1232));
+    let mut reply = udp(server, &query, TIMEOUT).ok()?;
+    if reply.metadata.truncation {
+        reply = tcp(server, &query, TIMEOUT).ok()?;
+    }
     (reply.metadata.response_code == ResponseCode::NoError).then(|| txt_strings(&reply))
 }
 
