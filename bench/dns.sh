@@ -49,6 +49,8 @@ CLK_TCK=$(getconf CLK_TCK)
 
 say() { printf '[bench] %s\n' "$*" >&2; }
 die() { say "error: $*"; exit 1; }
+# shellcheck source=e2e/lib.sh
+source "$ROOT/e2e/lib.sh"
 
 for s in $SERVERS; do
   case $s in knot | bind | ours) ;; *) die "unknown server '$s' in BENCH_SERVERS (knot, bind, ours)" ;; esac
@@ -56,42 +58,16 @@ done
 selected() { [[ " $SERVERS " == *" $1 "* ]]; }
 
 # --- Debian packages, only those missing -------------------------------------------------
-
-ensure_packages() {
-  local packages=(dnsperf knot bind9 knot-dnsutils bind9-dnsutils python3) missing=() p
-  for p in "${packages[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-  done
-  ((${#missing[@]} == 0)) && return 0
-  say "installing Debian packages: ${missing[*]}"
-  local sudo=
-  if [[ $(id -u) != 0 ]]; then
-    command -v sudo >/dev/null || die "need root or sudo to install: ${missing[*]}"
-    sudo=sudo
-  fi
-  # Debian starts knot.service / named.service after install unless policy-rc.d forbids
-  # it. Those system instances (port 53, /etc/knot, /etc/bind) are left alone: every
-  # server here runs from its own config on its own loopback port.
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-}
+# Debian starts knot.service / named.service after install unless policy-rc.d forbids it.
+# Those system instances (port 53, /etc/knot, /etc/bind) are left alone: every server here
+# runs from its own config on its own loopback port.
+PACKAGES=(dnsperf knot bind9 knot-dnsutils bind9-dnsutils python3)
 
 pkg_version() { dpkg-query -W -f='${Version}' "$1" 2>/dev/null || echo "?"; }
 
 # --- processes we start: tracked by pid, stopped on exit ---------------------------------
 
 declare -A PID=()  # server -> pid
-stop_pid() {
-  local pid=$1 i
-  kill -0 "$pid" 2>/dev/null || return 0
-  kill -TERM "$pid" 2>/dev/null || true
-  for ((i = 0; i < 50; i++)); do
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.1
-  done
-  kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null
-  wait "$pid" 2>/dev/null || true
-}
 stop_servers() {
   local s
   for s in "${!PID[@]}"; do
@@ -122,29 +98,6 @@ stop_leftovers() {
     fi
     rm -f "$f"
   done
-}
-
-# A 127.0.0.1 port that is free for both UDP and TCP right now.
-free_port() {
-  python3 - <<'PY'
-import socket
-for _ in range(100):
-    t = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    t.bind(("127.0.0.1", 0))
-    port = t.getsockname()[1]
-    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    try:
-        u.bind(("127.0.0.1", port))
-    except OSError:
-        t.close()
-        continue
-    u.close()
-    t.close()
-    print(port)
-    break
-else:
-    raise SystemExit("no free port")
-PY
 }
 
 # --- data: zone file, query file, names to check -----------------------------------------
@@ -288,26 +241,7 @@ server_log() {
 }
 
 # wait_ready SERVER DIR PORT: until it answers SOA for the zone (60 s at most).
-wait_ready() {
-  local s=$1 dir=$2 port=$3 i
-  for ((i = 0; i < 600; i++)); do
-    if ! kill -0 "${PID[$s]}" 2>/dev/null; then
-      say "$s exited during start-up; log tail:"
-      tail -n 20 "$(server_log "$s" "$dir")" >&2 || true
-      unset "PID[$s]"
-      return 1
-    fi
-    # Query once the UDP port is bound: kdig's shortest timeout is a whole second.
-    if grep -q ":$(printf '%04X' "$port") " /proc/net/udp &&
-      kdig @127.0.0.1 -p "$port" +time=1 +retry=0 +norec "$ZONE." SOA 2>/dev/null | grep -q 'status: NOERROR'; then
-      return 0
-    fi
-    sleep 0.1
-  done
-  say "$s did not answer SOA $ZONE. on port $port within 60 s; log tail:"
-  tail -n 20 "$(server_log "$s" "$dir")" >&2 || true
-  return 1
-}
+wait_ready() { wait_soa "$1" "${PID[$1]}" "$3" "$ZONE." "$(server_log "$1" "$2")"; }
 
 # verify SERVER PORT N: the sampled names answer NOERROR, AA, exactly one TXT with the
 # expected value and TTL 1; a name past the end is NXDOMAIN. Prints what was wrong.
@@ -445,7 +379,7 @@ latency() {
 
 # --- main --------------------------------------------------------------------------------
 
-ensure_packages
+ensure_debian_packages "${PACKAGES[@]}"
 stop_leftovers
 rm -rf "$WORK"
 mkdir -p "$WORK" "$(dirname "$RESULTS")"

@@ -8,6 +8,8 @@ set -euo pipefail
 E2E=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 cd "$(dirname "$E2E")"
 say() { printf '[run] %s\n' "$*" >&2; }
+# shellcheck source=e2e/lib.sh
+source "$E2E/lib.sh"
 
 say "building kube-acme-dns"
 cargo build --quiet
@@ -26,8 +28,8 @@ kubectl apply --server-side -f deploy/examples/acmednsaccount.yaml >/dev/null
 # The user's own DNS zone, without the _acme-challenge CNAME yet: the account's
 # Delegated condition says what to publish. Everything stays on loopback.
 KNOT_DIR=$STATE/knot
-mkdir -p "$KNOT_DIR"
-e2e/knot.sh stop "$KNOT_DIR" >/dev/null 2>&1 || true
+rm -rf "$KNOT_DIR"
+mkdir -p "$KNOT_DIR/db"
 cat >"$KNOT_DIR/example.test.zone" <<'ZONE'
 $ORIGIN example.test.
 $TTL 60
@@ -35,7 +37,33 @@ $TTL 60
 @ NS ns.example.test.
 ns A 127.0.0.1
 ZONE
-KNOT_PORT=$(e2e/knot.sh start "$KNOT_DIR" "$KNOT_DIR/example.test.zone")
+KNOT_PORT=$(free_port)
+# Block-style YAML only: knotd rejects flow maps.
+cat >"$KNOT_DIR/knot.conf" <<CONF
+server:
+    rundir: "$KNOT_DIR"
+    listen: 127.0.0.1@$KNOT_PORT
+    udp-workers: 1
+    tcp-workers: 1
+    background-workers: 1
+log:
+  - target: stderr
+    any: info
+database:
+    storage: "$KNOT_DIR/db"
+template:
+  - id: default
+    zonefile-sync: -1
+    zonefile-load: whole
+    journal-content: none
+zone:
+  - domain: example.test.
+    file: "$KNOT_DIR/example.test.zone"
+CONF
+"$(command -v knotd || echo /usr/sbin/knotd)" -c "$KNOT_DIR/knot.conf" </dev/null >"$KNOT_DIR/knotd.log" 2>&1 &
+KNOT_PID=$!
+trap 'stop_pid "$KNOT_PID"' EXIT
+wait_soa knotd "$KNOT_PID" "$KNOT_PORT" example.test. "$KNOT_DIR/knotd.log"
 
 DNS_ADDR=${KUBE_ACME_DNS_DNS_ADDR:-127.0.0.1:5353}
 METRICS_ADDR=${KUBE_ACME_DNS_METRICS_ADDR:-127.0.0.1:9090}
@@ -60,7 +88,6 @@ $(kubectl get acmedns -A | sed 's/^/    /')
 
 TXT
 say "starting kube-acme-dns serve (Ctrl-C to stop)"
-trap 'e2e/knot.sh stop "$KNOT_DIR" >/dev/null 2>&1 || true' EXIT
 KUBE_ACME_DNS_DNS_ADDR=$DNS_ADDR KUBE_ACME_DNS_METRICS_ADDR=$METRICS_ADDR \
   "$BIN" serve --nameserver-address 127.0.0.1 --delegation-resolver "127.0.0.1:$KNOT_PORT" \
   --leader-election-namespace default

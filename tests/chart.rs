@@ -2,24 +2,46 @@
 
 mod common;
 
-/// The rendered documents, without cert-manager's own kinds (Issuer, Certificate), which
-/// this API server only knows once cert-manager's CRDs are installed.
-fn without_cert_manager_kinds(manifests: &str) -> String {
-    manifests
-        .split("\n---")
-        .filter(|doc| !doc.contains("apiVersion: cert-manager.io/"))
-        .collect::<Vec<_>>()
-        .join("\n---")
+use serde::Deserialize;
+use serde_yaml::Value;
+
+/// The rendered chart as parsed documents (empty ones dropped).
+fn documents(manifests: &str) -> Vec<Value> {
+    serde_yaml::Deserializer::from_str(manifests)
+        .map(|doc| Value::deserialize(doc).expect("the chart renders valid YAML"))
+        .filter(|doc| !doc.is_null())
+        .collect()
+}
+
+fn kind(doc: &Value) -> &str {
+    doc["kind"].as_str().unwrap_or_default()
+}
+
+/// cert-manager's own kinds (Issuer, Certificate), which this API server only knows once
+/// cert-manager's CRDs are installed.
+fn is_cert_manager_kind(doc: &Value) -> bool {
+    doc["apiVersion"]
+        .as_str()
+        .is_some_and(|v| v.starts_with("cert-manager.io/"))
 }
 
 #[test]
 fn chart_renders_and_the_api_server_accepts_it() {
-    let all = common::render_chart(&[]);
-    for kind in ["Issuer", "Certificate"] {
-        assert!(all.contains(&format!("kind: {kind}\n")), "{kind} missing");
+    let all = documents(&common::render_chart(&[]));
+    let cert_manager_kinds: Vec<&str> = all
+        .iter()
+        .filter(|d| is_cert_manager_kind(d))
+        .map(kind)
+        .collect();
+    for expected in ["Issuer", "Certificate"] {
+        assert!(
+            cert_manager_kinds.contains(&expected),
+            "{expected} missing: {cert_manager_kinds:?}"
+        );
     }
-    let manifests = without_cert_manager_kinds(&all);
-    for kind in [
+    let ours: Vec<&Value> = all.iter().filter(|d| !is_cert_manager_kind(d)).collect();
+    let kinds: Vec<&str> = ours.iter().map(|d| kind(d)).collect();
+    for expected in [
         "ServiceAccount",
         "ClusterRole",
         "ClusterRoleBinding",
@@ -30,27 +52,19 @@ fn chart_renders_and_the_api_server_accepts_it() {
         "APIService",
     ] {
         assert!(
-            manifests.contains(&format!("kind: {kind}\n")),
-            "{kind} missing from the rendered chart"
+            kinds.contains(&expected),
+            "{expected} missing from the rendered chart: {kinds:?}"
         );
     }
-    let namespace = common::run(
-        "kubectl",
-        &[
-            "create",
-            "namespace",
-            common::RELEASE_NAMESPACE,
-            "--dry-run=client",
-            "-o",
-            "yaml",
-        ],
-        None,
-    );
-    common::run("kubectl", &["apply", "-f", "-"], Some(&namespace));
+    common::apply_namespace(common::RELEASE_NAMESPACE);
+    let manifests: Vec<String> = ours
+        .iter()
+        .map(|d| serde_yaml::to_string(d).unwrap())
+        .collect();
     let applied = common::run(
         "kubectl",
         &["apply", "--dry-run=server", "-f", "-"],
-        Some(&manifests),
+        Some(&manifests.join("---\n")),
     );
     assert!(
         applied.contains("deployment.apps/kad-kube-acme-dns"),
@@ -60,9 +74,31 @@ fn chart_renders_and_the_api_server_accepts_it() {
 
 #[test]
 fn chart_passes_values_to_the_flags_serve_reads() {
-    let manifests = common::render_chart(&["--set", "zone=acme.example.net"]);
-    assert!(
-        manifests.contains("name: KUBE_ACME_DNS_ZONE\n              value: \"acme.example.net\"")
+    let all = documents(&common::render_chart(&["--set", "zone=acme.example.net"]));
+    let deployment = all
+        .iter()
+        .find(|d| kind(d) == "Deployment")
+        .expect("a Deployment");
+    let containers = deployment["spec"]["template"]["spec"]["containers"]
+        .as_sequence()
+        .expect("containers");
+    let serve = containers
+        .iter()
+        .find(|c| {
+            c["args"]
+                .as_sequence()
+                .is_some_and(|a| a.iter().any(|a| a.as_str() == Some("serve")))
+        })
+        .unwrap_or_else(|| panic!("a container running `serve`: {containers:?}"));
+    let env = serve["env"].as_sequence().expect("env");
+    let zone = env
+        .iter()
+        .find(|e| e["name"].as_str() == Some("KUBE_ACME_DNS_ZONE"))
+        .unwrap_or_else(|| panic!("KUBE_ACME_DNS_ZONE in env: {env:?}"));
+    assert_eq!(zone["value"].as_str(), Some("acme.example.net"));
+    assert_eq!(
+        serve["securityContext"]["readOnlyRootFilesystem"].as_bool(),
+        Some(true),
+        "{serve:?}"
     );
-    assert!(manifests.contains("readOnlyRootFilesystem: true"));
 }

@@ -3,34 +3,27 @@
 
 mod common;
 
-use std::{path::Path, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{Api, api::PostParams};
 
 use kube_acme_dns::api::{AcmeDnsAccount, AcmeDnsAccountSpec, DnsLabel, DomainName};
 
-const KNOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/e2e/knot.sh");
+use common::knot::{Knot, zone_text};
 
-fn zone_file(dir: &Path, origin: &str, challenge_cname: Option<&str>) -> String {
+/// Writes the user's zone `origin`, with the `_acme-challenge` CNAME if given.
+fn zone_file(dir: &Path, origin: &str, challenge_cname: Option<&str>) -> PathBuf {
     let path = dir.join(format!("{origin}.zone"));
-    let mut text = format!(
-        "$ORIGIN {origin}.\n$TTL 60\n@ SOA ns.{origin}. hostmaster.{origin}. 1 60 60 600 60\n@ NS ns.{origin}.\nns A 127.0.0.1\n"
-    );
-    if let Some(target) = challenge_cname {
-        text.push_str(&format!("_acme-challenge CNAME {target}\n"));
-    }
-    std::fs::write(&path, text).unwrap();
-    path.to_string_lossy().into_owned()
-}
-
-struct Knot(String);
-impl Drop for Knot {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new(KNOT)
-            .args(["stop", &self.0])
-            .output();
-    }
+    let records: Vec<String> = challenge_cname
+        .map(|target| format!("_acme-challenge CNAME {target}"))
+        .into_iter()
+        .collect();
+    std::fs::write(&path, zone_text(origin, &records)).unwrap();
+    path
 }
 
 async fn delegated_condition(
@@ -72,13 +65,9 @@ async fn delegation_condition_follows_the_users_cname() {
         zone_file(&dir, "missing.test", None),
         zone_file(&dir, "elsewhere.test", Some("other.example.net.")),
     ];
-    let dir_str = dir.to_string_lossy().into_owned();
-    let mut args = vec!["start", &dir_str];
-    args.extend(zones.iter().map(String::as_str));
-    let port = common::run(KNOT, &args, None).trim().to_string();
-    let _knot = Knot(dir_str.clone());
+    let knot = Knot::start(&dir, &zones);
 
-    let resolver = format!("127.0.0.1:{port}");
+    let resolver = knot.addr.to_string();
     let _serve = common::spawn_serve(
         &namespace,
         &namespace,
@@ -137,7 +126,7 @@ async fn delegation_condition_follows_the_users_cname() {
 
     // The user publishes the CNAME: the recheck (with backoff) notices.
     zone_file(&dir, "missing.test", Some(&late_fqdn));
-    common::run(KNOT, &["reload", &dir_str], None);
+    knot.reload();
     let fixed = delegated_condition(&accounts, &late, "True").await;
     assert_eq!(fixed.reason, "CnameFound");
 }

@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::{path::Path, process::Stdio, time::Duration};
+use std::{process::Stdio, time::Duration};
 
 use kube::{
     Api,
@@ -15,7 +15,8 @@ use kube::{
 };
 use serde_json::json;
 
-use common::aggregation;
+use base64::{Engine, prelude::BASE64_STANDARD};
+use common::{aggregation, knot::zone_text, pebble::Pebble, unbound::Unbound};
 use kube_acme_dns::api::{AcmeDnsAccount, AcmeDnsAccountSpec, DnsLabel, DomainName};
 
 const E2E: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/e2e");
@@ -25,15 +26,6 @@ fn script(path: &str, args: &[&str]) -> String {
     common::run(&format!("{E2E}/{path}"), args, None)
         .trim()
         .to_string()
-}
-
-struct Stop(&'static str, String);
-impl Drop for Stop {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new(format!("{E2E}/{}", self.0))
-            .args(["stop", &self.1])
-            .output();
-    }
 }
 
 fn certificate_resource() -> ApiResource {
@@ -55,9 +47,7 @@ async fn issue(
     name: &str,
     cname_strategy: Option<&str>,
     namespace: &str,
-    directory: &str,
-    ca_bundle: &Path,
-    pebble_root: &Path,
+    pebble: &Pebble,
     accounts: &Api<AcmeDnsAccount>,
 ) {
     let mut dns01 = json!({
@@ -71,8 +61,8 @@ async fn issue(
         "kind": "ClusterIssuer",
         "metadata": { "name": name },
         "spec": { "acme": {
-            "server": directory,
-            "caBundle": aggregation::base64(&std::fs::read(ca_bundle).unwrap()),
+            "server": pebble.directory,
+            "caBundle": BASE64_STANDARD.encode(&pebble.https_ca.cert.cert_pem),
             "privateKeySecretRef": { "name": format!("{name}-account-key") },
             "solvers": [ { "dns01": dns01 } ],
         } },
@@ -123,27 +113,21 @@ async fn issue(
         ],
         None,
     );
-    let chain = decode_base64(pem.trim());
+    let chain = BASE64_STANDARD
+        .decode(pem.trim())
+        .expect("tls.crt is base64");
+    assert_eq!(
+        dns_names(&chain),
+        [format!("*.{domain}"), domain.to_string()],
+        "the certificate names exactly the requested names"
+    );
     let dir = std::env::temp_dir().join(common::unique_name("issued"));
     std::fs::create_dir_all(&dir).unwrap();
     let chain_path = dir.join("chain.pem");
     std::fs::write(&chain_path, &chain).unwrap();
-    let text = common::run(
-        "openssl",
-        &[
-            "x509",
-            "-in",
-            chain_path.to_str().unwrap(),
-            "-noout",
-            "-ext",
-            "subjectAltName",
-        ],
-        None,
-    );
-    assert!(
-        text.contains(&format!("DNS:{domain}")) && text.contains(&format!("DNS:*.{domain}")),
-        "{text}"
-    );
+    let pebble_root = dir.join("pebble-root.pem");
+    std::fs::write(&pebble_root, pebble.root_pem()).unwrap();
+    // openssl, an independent verifier, checks the chain up to Pebble's root.
     let verify = std::process::Command::new("openssl")
         .args([
             "verify",
@@ -171,29 +155,26 @@ async fn issue(
     .await;
 }
 
-fn decode_base64(text: &str) -> Vec<u8> {
-    let value = |c: u8| -> u32 {
-        match c {
-            b'A'..=b'Z' => (c - b'A') as u32,
-            b'a'..=b'z' => (c - b'a' + 26) as u32,
-            b'0'..=b'9' => (c - b'0' + 52) as u32,
-            b'+' => 62,
-            b'/' => 63,
-            _ => 0,
-        }
-    };
-    let clean: Vec<u8> = text.bytes().filter(|c| !c.is_ascii_whitespace()).collect();
-    let mut out = Vec::new();
-    for chunk in clean.chunks(4) {
-        let n = chunk
-            .iter()
-            .enumerate()
-            .fold(0u32, |acc, (i, c)| acc | (value(*c) << (18 - 6 * i)));
-        let pad = chunk.iter().filter(|c| **c == b'=').count();
-        let bytes = [(n >> 16) as u8, (n >> 8) as u8, n as u8];
-        out.extend_from_slice(&bytes[..3 - pad]);
-    }
-    out
+/// The DNS names of the first certificate in a PEM chain, sorted.
+fn dns_names(chain_pem: &[u8]) -> Vec<String> {
+    use x509_parser::{extensions::GeneralName, pem::parse_x509_pem};
+    let (_, pem) = parse_x509_pem(chain_pem).expect("a PEM certificate");
+    let cert = pem.parse_x509().expect("an X.509 certificate");
+    let san = cert
+        .subject_alternative_name()
+        .expect("a valid SAN extension")
+        .expect("a SAN extension");
+    let mut names: Vec<String> = san
+        .value
+        .general_names
+        .iter()
+        .filter_map(|n| match n {
+            GeneralName::DNSName(name) => Some(name.to_string()),
+            _ => None,
+        })
+        .collect();
+    names.sort();
+    names
 }
 
 #[tokio::test]
@@ -263,29 +244,15 @@ async fn wildcard_certificate_is_issued_through_pebble_with_and_without_cname_fo
     let work = std::env::temp_dir().join(common::unique_name("issuance"));
     std::fs::create_dir_all(&work).unwrap();
     let zone = work.join(format!("{domain}.zone"));
-    std::fs::write(
-        &zone,
-        format!(
-            "$ORIGIN {domain}.\n$TTL 60\n@ SOA ns.{domain}. hostmaster.{domain}. 1 60 60 600 60\n@ NS ns.{domain}.\nns A 127.0.0.1\n_acme-challenge CNAME {fqdn}\n"
-        ),
-    )
-    .unwrap();
-    let unbound_dir = work.join("unbound").to_string_lossy().into_owned();
-    let stub = format!("auth.example.test={}", solver.serve.dns);
-    let resolver_port = script(
-        "unbound.sh",
-        &["start", &unbound_dir, zone.to_str().unwrap(), "--", &stub],
+    let cname = format!("_acme-challenge CNAME {fqdn}");
+    std::fs::write(&zone, zone_text(&domain, &[cname])).unwrap();
+    let unbound = Unbound::start(
+        &work.join("unbound"),
+        &[zone],
+        &[("auth.example.test", solver.serve.dns)],
     );
-    let _unbound = Stop("unbound.sh", unbound_dir);
-    let resolver = format!("127.0.0.1:{resolver_port}");
-
-    let pebble_dir = work.join("pebble").to_string_lossy().into_owned();
-    let pebble = script("pebble.sh", &["start", &pebble_dir, &resolver]);
-    let _pebble = Stop("pebble.sh", pebble_dir.clone());
-    let (directory, ca_bundle) = pebble
-        .split_once(' ')
-        .expect("DIRECTORY_URL CA_BUNDLE_PATH");
-    let pebble_root = Path::new(&pebble_dir).join("pebble-root.pem");
+    let resolver = unbound.addr.to_string();
+    let pebble = Pebble::start(&work.join("pebble"), unbound.addr);
 
     let controller = script("cert-manager/build.sh", &["path"]);
     let _cert_manager = tokio::process::Command::new(controller)
@@ -304,16 +271,6 @@ async fn wildcard_certificate_is_issued_through_pebble_with_and_without_cname_fo
         .expect("start cert-manager's controllers");
 
     for (name, strategy) in [("pebble-plain", None), ("pebble-follow", Some("Follow"))] {
-        issue(
-            &domain,
-            name,
-            strategy,
-            &namespace,
-            directory,
-            Path::new(ca_bundle),
-            &pebble_root,
-            &accounts,
-        )
-        .await;
+        issue(&domain, name, strategy, &namespace, &pebble, &accounts).await;
     }
 }

@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::aggregation;
+use common::{aggregation, dns, https, pki};
 
 use std::time::Duration;
 
@@ -24,7 +24,8 @@ struct Fixture {
     admin: Client,
     dns: std::net::SocketAddr,
     webhook: std::net::SocketAddr,
-    pki: std::path::PathBuf,
+    webhook_ca: pki::Ca,
+    webhook_name: String,
     tenant_a: String,
     tenant_b: String,
     _processes: Vec<common::Serve>,
@@ -44,21 +45,19 @@ async fn fixture() -> Fixture {
         .iter()
         .map(|ns| common::spawn_serve(ns, ns, &["--roles", "controller"]))
         .collect();
-    let (dns, webhook, pki) = (solver.serve.dns, solver.webhook, solver.pki.clone());
-
-    let cert_manager = aggregation::client_from(&aggregation::service_account_kubeconfig(
-        "cert-manager",
-        "cert-manager",
-    ))
-    .await;
+    let dns = solver.serve.dns;
+    common::apply_service_account("cert-manager", "cert-manager");
+    let cert_manager =
+        common::client_from(&common::token_kubeconfig("cert-manager", "cert-manager")).await;
     let mut processes = controllers;
     processes.push(solver.serve);
     Fixture {
         cert_manager,
         admin,
         dns,
-        webhook,
-        pki,
+        webhook: solver.webhook,
+        webhook_ca: solver.ca,
+        webhook_name: solver.server_name,
         tenant_a,
         tenant_b,
         _processes: processes,
@@ -81,30 +80,74 @@ async fn post(client: &Client, body: Vec<u8>) -> (u16, Value) {
     }
 }
 
-fn payload(
-    action: &str,
-    dns_name: &str,
-    key: &str,
-    namespace: &str,
-    resolved_fqdn: &str,
+/// A DNS-01 challenge as cert-manager describes it to a solver.
+struct Challenge {
+    dns_name: String,
+    namespace: String,
+    resolved_fqdn: String,
     config: Value,
-) -> Vec<u8> {
-    // As cert-manager sends it: empty uid, no apiVersion/kind.
-    serde_json::to_vec(&json!({
-        "request": {
-            "uid": "",
-            "action": action,
-            "type": "dns-01",
-            "dnsName": dns_name,
-            "key": key,
-            "resourceNamespace": namespace,
-            "resolvedFQDN": resolved_fqdn,
-            "resolvedZone": format!("{dns_name}."),
-            "allowAmbientCredentials": false,
-            "config": config,
+}
+
+impl Challenge {
+    /// The challenge for `dns_name` from an Issuer in `namespace`, no solver config,
+    /// the CNAME not followed.
+    fn new(dns_name: &str, namespace: &str) -> Challenge {
+        Challenge {
+            dns_name: dns_name.into(),
+            namespace: namespace.into(),
+            resolved_fqdn: format!("_acme-challenge.{dns_name}."),
+            config: Value::Null,
         }
-    }))
-    .unwrap()
+    }
+
+    fn resolved_to(mut self, fqdn: &str) -> Challenge {
+        self.resolved_fqdn = fqdn.into();
+        self
+    }
+
+    fn with_config(mut self, config: Value) -> Challenge {
+        self.config = config;
+        self
+    }
+
+    /// The ChallengePayload body for `action` with `key`, as cert-manager sends it:
+    /// empty uid, no apiVersion/kind.
+    fn payload(&self, action: &str, key: &str) -> Vec<u8> {
+        serde_json::to_vec(&json!({
+            "request": {
+                "uid": "",
+                "action": action,
+                "type": "dns-01",
+                "dnsName": self.dns_name,
+                "key": key,
+                "resourceNamespace": self.namespace,
+                "resolvedFQDN": self.resolved_fqdn,
+                "resolvedZone": format!("{}.", self.dns_name),
+                "allowAmbientCredentials": false,
+                "config": self.config,
+            }
+        }))
+        .unwrap()
+    }
+}
+
+/// Present through kube-apiserver as `client`; returns the HTTP status and reply.
+async fn present(client: &Client, challenge: &Challenge, key: &str) -> (u16, Value) {
+    post(client, challenge.payload("Present", key)).await
+}
+
+async fn clean_up(client: &Client, challenge: &Challenge, key: &str) -> (u16, Value) {
+    post(client, challenge.payload("CleanUp", key)).await
+}
+
+/// Asserts the solver succeeded, showing its message when it did not.
+fn assert_solved((code, reply): &(u16, Value)) {
+    assert_eq!(*code, 200, "{reply}");
+    assert!(
+        success(reply),
+        "the solver failed: {}",
+        reply["response"]["status"]["message"]
+    );
 }
 
 fn success(reply: &Value) -> bool {
@@ -139,8 +182,16 @@ async fn account_with(
         api.get(name).await.ok()?.status?.subdomain
     })
     .await;
-    // The solver's own index must have seen it too before lookups by domain work.
+    // The solver finds accounts in its own index, fed by its watch. Its DNS responder
+    // reads the same index: once the name exists there (NOERROR, not NXDOMAIN), a
+    // single Present must find the account.
     let fqdn = format!("{label}.auth.example.test.");
+    common::eventually(
+        "the solver's index has the account",
+        Duration::from_secs(10),
+        || async { dns::txt_values(f.dns, &fqdn) },
+    )
+    .await;
     (api, fqdn)
 }
 
@@ -155,19 +206,9 @@ async fn txt_values(api: &Api<AcmeDnsAccount>, name: &str) -> Vec<String> {
         .collect()
 }
 
-fn dig_txt(f: &Fixture, fqdn: &str) -> String {
-    common::run(
-        "dig",
-        &[
-            &format!("@{}", f.dns.ip()),
-            "-p",
-            &f.dns.port().to_string(),
-            "+short",
-            fqdn,
-            "TXT",
-        ],
-        None,
-    )
+/// The TXT values the solver's DNS responder answers for `fqdn`, sorted.
+fn served_txt(f: &Fixture, fqdn: &str) -> Vec<String> {
+    dns::txt_values(f.dns, fqdn).unwrap_or_else(|| panic!("{fqdn} TXT not answered NOERROR"))
 }
 
 #[tokio::test]
@@ -199,135 +240,47 @@ async fn discovery_is_served_through_the_aggregator(_f: &Fixture) {
 async fn present_is_answered_by_dns_at_once_and_clean_up_removes_exactly_its_key(f: &Fixture) {
     let domain = format!("{}.example.test", common::unique_name("present"));
     let (api, fqdn) = account_with(f, &f.tenant_a, "present", &domain).await;
-    let ns = &f.tenant_a;
-    let resolved = format!("_acme-challenge.{domain}.");
-    // Wait for the solver's index to list the domain (it watches on its own).
-    common::eventually(
-        "solver sees the account",
-        Duration::from_secs(10),
-        || async {
-            let (_, reply) = post(
-                &f.cert_manager,
-                payload(
-                    "Present",
-                    &domain,
-                    "key-one-aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
-                    ns,
-                    &resolved,
-                    Value::Null,
-                ),
-            )
-            .await;
-            success(&reply).then_some(())
-        },
-    )
-    .await;
+    let challenge = Challenge::new(&domain, &f.tenant_a);
+    const KEY_ONE: &str = "key-one-aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    const KEY_TWO: &str = "key-two-bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
+
+    assert_solved(&present(&f.cert_manager, &challenge, KEY_ONE).await);
     // The replica that wrote answers at once: no waiting for the watch.
-    assert!(
-        dig_txt(f, &fqdn).contains("key-one"),
+    assert_eq!(
+        served_txt(f, &fqdn),
+        [KEY_ONE],
         "answered right after Present"
     );
 
     // Idempotent: the same Present again changes nothing.
-    let (code, reply) = post(
-        &f.cert_manager,
-        payload(
-            "Present",
-            &domain,
-            "key-one-aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
-            ns,
-            &resolved,
-            Value::Null,
-        ),
-    )
-    .await;
-    assert_eq!(code, 200);
-    assert!(success(&reply), "{reply}");
-    let (_, reply) = post(
-        &f.cert_manager,
-        payload(
-            "Present",
-            &domain,
-            "key-two-bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb",
-            ns,
-            &resolved,
-            Value::Null,
-        ),
-    )
-    .await;
-    assert!(success(&reply), "{reply}");
+    assert_solved(&present(&f.cert_manager, &challenge, KEY_ONE).await);
+    assert_eq!(txt_values(&api, "present").await, [KEY_ONE]);
+
+    let reply = present(&f.cert_manager, &challenge, KEY_TWO).await;
+    assert_solved(&reply);
+    assert_eq!(reply.1["kind"], "ChallengePayload");
+    assert_eq!(reply.1["response"]["uid"], "");
     assert_eq!(txt_values(&api, "present").await.len(), 2);
-    assert_eq!(reply["kind"], "ChallengePayload");
-    assert_eq!(reply["response"]["uid"], "");
 
     // CleanUp of one key keeps the other (cert-manager's strict mode).
-    let (_, reply) = post(
-        &f.cert_manager,
-        payload(
-            "CleanUp",
-            &domain,
-            "key-one-aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
-            ns,
-            &resolved,
-            Value::Null,
-        ),
-    )
-    .await;
-    assert!(success(&reply), "{reply}");
-    assert_eq!(
-        txt_values(&api, "present").await,
-        ["key-two-bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb"]
-    );
-    let answer = dig_txt(f, &fqdn);
-    assert!(
-        !answer.contains("key-one") && answer.contains("key-two"),
-        "{answer}"
-    );
+    assert_solved(&clean_up(&f.cert_manager, &challenge, KEY_ONE).await);
+    assert_eq!(txt_values(&api, "present").await, [KEY_TWO]);
+    assert_eq!(served_txt(f, &fqdn), [KEY_TWO]);
     // CleanUp of a key that is not there succeeds and changes nothing.
-    let (_, reply) = post(
-        &f.cert_manager,
-        payload(
-            "CleanUp",
-            &domain,
-            "never-presented",
-            ns,
-            &resolved,
-            Value::Null,
-        ),
-    )
-    .await;
-    assert!(success(&reply), "{reply}");
-    assert_eq!(txt_values(&api, "present").await.len(), 1);
+    assert_solved(&clean_up(&f.cert_manager, &challenge, "never-presented").await);
+    assert_eq!(txt_values(&api, "present").await, [KEY_TWO]);
 }
 
 async fn concurrent_presents_on_one_account_all_land(f: &Fixture) {
     let domain = format!("{}.example.test", common::unique_name("concurrent"));
     let (api, _) = account_with(f, &f.tenant_a, "concurrent", &domain).await;
-    let ns = f.tenant_a.clone();
-    let resolved = format!("_acme-challenge.{domain}.");
-    common::eventually(
-        "solver sees the account",
-        Duration::from_secs(10),
-        || async {
-            let (_, reply) = post(
-                &f.cert_manager,
-                payload("Present", &domain, "warm-up", &ns, &resolved, Value::Null),
-            )
-            .await;
-            success(&reply).then_some(())
-        },
-    )
-    .await;
+    let challenge = Challenge::new(&domain, &f.tenant_a);
     let keys: Vec<String> = (0..6).map(|i| format!("concurrent-key-{i}")).collect();
-    let replies = futures::future::join_all(keys.iter().map(|k| {
-        post(
-            &f.cert_manager,
-            payload("Present", &domain, k, &ns, &resolved, Value::Null),
-        )
-    }))
-    .await;
-    for (_, reply) in &replies {
-        assert!(success(reply), "{reply}");
+    let replies =
+        futures::future::join_all(keys.iter().map(|k| present(&f.cert_manager, &challenge, k)))
+            .await;
+    for reply in &replies {
+        assert_solved(reply);
     }
     let values = txt_values(&api, "concurrent").await;
     for k in &keys {
@@ -336,18 +289,8 @@ async fn concurrent_presents_on_one_account_all_land(f: &Fixture) {
 }
 
 async fn unknown_domain_fails_with_how_to_create_an_account(f: &Fixture) {
-    let (code, reply) = post(
-        &f.cert_manager,
-        payload(
-            "Present",
-            "nobody.example.test",
-            "k",
-            &f.tenant_a,
-            "_acme-challenge.nobody.example.test.",
-            Value::Null,
-        ),
-    )
-    .await;
+    let challenge = Challenge::new("nobody.example.test", &f.tenant_a);
+    let (code, reply) = present(&f.cert_manager, &challenge, "k").await;
     assert_eq!(code, 200, "a solver failure is not an HTTP error");
     let message = failure_message(&reply);
     assert!(message.contains("nobody.example.test"), "{message}");
@@ -358,68 +301,42 @@ async fn followed_cname_finds_the_account_by_its_fqdn(f: &Fixture) {
     // cnameStrategy: Follow — cert-manager resolved the user's CNAME to our name; the
     // account lists some other domain.
     let (api, fqdn) = account_with(f, &f.tenant_a, "followed", "unrelated.example.test").await;
-    common::eventually("found by FQDN", Duration::from_secs(10), || async {
-        let (_, reply) = post(
-            &f.cert_manager,
-            payload(
-                "Present",
-                "cname-only.example.test",
-                "followed-key",
-                &f.tenant_a,
-                &fqdn,
-                Value::Null,
-            ),
-        )
-        .await;
-        success(&reply).then_some(())
-    })
-    .await;
+    let challenge = Challenge::new("cname-only.example.test", &f.tenant_a).resolved_to(&fqdn);
+    assert_solved(&present(&f.cert_manager, &challenge, "followed-key").await);
     assert_eq!(txt_values(&api, "followed").await, ["followed-key"]);
 }
 
 async fn namespaced_issuers_reach_only_their_own_namespace(f: &Fixture) {
     let domain = format!("{}.example.test", common::unique_name("tenant"));
     let (api, _) = account_with(f, &f.tenant_b, "theirs", &domain).await;
-    let config = json!({ "accountRef": { "name": "theirs", "namespace": f.tenant_b } });
-    let (_, reply) = post(
-        &f.cert_manager,
-        payload("Present", &domain, "intruder", &f.tenant_a, "", config),
-    )
-    .await;
+    let account_ref = json!({ "accountRef": { "name": "theirs", "namespace": f.tenant_b } });
+    let challenge = Challenge::new(&domain, &f.tenant_a)
+        .resolved_to("")
+        .with_config(account_ref.clone());
+    let (_, reply) = present(&f.cert_manager, &challenge, "intruder").await;
     let message = failure_message(&reply);
     assert!(message.contains("own namespace"), "{message}");
     // Nor by domain: an Issuer in tenant-a does not see tenant-b's accounts.
-    let (_, reply) = post(
-        &f.cert_manager,
-        payload("Present", &domain, "intruder", &f.tenant_a, "", Value::Null),
-    )
-    .await;
-    failure_message(&reply);
+    let challenge = Challenge::new(&domain, &f.tenant_a).resolved_to("");
+    let (_, reply) = present(&f.cert_manager, &challenge, "intruder").await;
+    let message = failure_message(&reply);
+    assert!(message.contains(&domain), "{message}");
     assert!(
         txt_values(&api, "theirs").await.is_empty(),
         "nothing written"
     );
     // A ClusterIssuer (cert-manager's cluster resource namespace) reaches it.
-    let config = json!({ "accountRef": { "name": "theirs", "namespace": f.tenant_b } });
-    let (_, reply) = post(
-        &f.cert_manager,
-        payload(
-            "Present",
-            &domain,
-            "cluster-issuer",
-            "cert-manager",
-            "",
-            config,
-        ),
-    )
-    .await;
-    assert!(success(&reply), "{reply}");
+    let challenge = Challenge::new(&domain, "cert-manager")
+        .resolved_to("")
+        .with_config(account_ref);
+    assert_solved(&present(&f.cert_manager, &challenge, "cluster-issuer").await);
+    assert_eq!(txt_values(&api, "theirs").await, ["cluster-issuer"]);
 }
 
 async fn bad_input_gets_a_clear_error_and_writes_nothing(f: &Fixture) {
     let domain = format!("{}.example.test", common::unique_name("bad"));
     let (api, _) = account_with(f, &f.tenant_a, "bad-input", &domain).await;
-    let ns = &f.tenant_a;
+    let challenge = Challenge::new(&domain, &f.tenant_a).resolved_to("");
 
     let (code, reply) = post(&f.cert_manager, b"{not json".to_vec()).await;
     assert_eq!(code, 400, "{reply}");
@@ -441,7 +358,7 @@ async fn bad_input_gets_a_clear_error_and_writes_nothing(f: &Fixture) {
         "{reply}"
     );
 
-    let mut oversized = payload("Present", &domain, "k", ns, "", Value::Null);
+    let mut oversized = challenge.payload("Present", "k");
     oversized.splice(
         1..1,
         format!("\"padding\":\"{}\",", "x".repeat(100 * 1024)).into_bytes(),
@@ -449,29 +366,20 @@ async fn bad_input_gets_a_clear_error_and_writes_nothing(f: &Fixture) {
     let (code, _) = post(&f.cert_manager, oversized).await;
     assert_eq!(code, 413, "oversized body");
 
-    let (code, reply) = post(
-        &f.cert_manager,
-        payload("Destroy", &domain, "k", ns, "", Value::Null),
-    )
-    .await;
+    let (code, reply) = post(&f.cert_manager, challenge.payload("Destroy", "k")).await;
     assert_eq!(code, 200);
     assert!(
         failure_message(&reply).contains("Present or CleanUp"),
         "{reply}"
     );
 
-    let (_, reply) = post(
-        &f.cert_manager,
-        payload("Present", &domain, "k", ns, "", json!({"acountRef": {}})),
-    )
-    .await;
+    let misspelt = Challenge::new(&domain, &f.tenant_a)
+        .resolved_to("")
+        .with_config(json!({"acountRef": {}}));
+    let (_, reply) = present(&f.cert_manager, &misspelt, "k").await;
     assert!(failure_message(&reply).contains("accountRef"), "{reply}");
 
-    let (_, reply) = post(
-        &f.cert_manager,
-        payload("Present", &domain, "", ns, "", Value::Null),
-    )
-    .await;
+    let (_, reply) = present(&f.cert_manager, &challenge, "").await;
     assert!(failure_message(&reply).contains("no key"), "{reply}");
 
     assert!(
@@ -481,118 +389,60 @@ async fn bad_input_gets_a_clear_error_and_writes_nothing(f: &Fixture) {
 }
 
 async fn callers_without_the_front_proxy_certificate_are_refused(f: &Fixture) {
-    // Straight to the webhook, skipping kube-apiserver. The serving certificate names
-    // the Service, as the aggregator expects, so curl resolves that name to loopback.
-    let host = format!(
-        "{}-kube-acme-dns.{}.svc",
-        common::RELEASE,
-        common::RELEASE_NAMESPACE
-    );
-    let port = f.webhook.port();
-    let resolve = format!("{host}:{port}:127.0.0.1");
-    let ca = f.pki.join("ca.crt").to_string_lossy().into_owned();
-    let curl = |extra: &[&str], path: &str| -> String {
-        let out = std::process::Command::new("curl")
-            .args(["-s", "--resolve", &resolve, "--cacert", &ca])
-            .args(extra)
-            .arg(format!("https://{host}:{port}{path}"))
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
+    // Straight to the webhook, skipping kube-apiserver, verifying the serving
+    // certificate for the Service name the aggregator checks.
+    let ca = f.webhook_ca.cert.cert_der();
+    let send = |client: Option<&pki::Identity>, request: &https::Request| {
+        https::send(f.webhook, &f.webhook_name, &ca, client, request)
     };
-    let body = String::from_utf8(payload(
-        "Present",
-        "x.example.test",
-        "k",
-        &f.tenant_a,
-        "",
-        Value::Null,
-    ))
-    .unwrap();
-    let status_only = ["-o", "/dev/null", "-w", "%{http_code}"];
+    let body = Challenge::new("x.example.test", &f.tenant_a).payload("Present", "k");
+    let forged = https::Request {
+        method: "POST",
+        path: SOLVER_PATH,
+        headers: &[
+            ("Content-Type", "application/json"),
+            ("X-Remote-User", "system:admin"),
+            ("X-Remote-Group", "system:masters"),
+        ],
+        body: &body,
+    };
 
     // Forged user headers without the front proxy's certificate.
-    let mut args = status_only.to_vec();
-    args.extend([
-        "-H",
-        "X-Remote-User: system:admin",
-        "-H",
-        "X-Remote-Group: system:masters",
-        "--data",
-        &body,
-    ]);
+    let (status, reply) = send(None, &forged).expect("an HTTP answer");
     assert_eq!(
-        curl(&args, SOLVER_PATH),
-        "401",
-        "forged headers without the certificate"
+        status, 401,
+        "forged headers without the certificate: {reply}"
     );
-    assert_eq!(
-        curl(&status_only, "/apis/acme.acmedns.io/v1alpha1"),
-        "401",
-        "discovery too"
-    );
+    let discovery = https::Request::get("/apis/acme.acmedns.io/v1alpha1");
+    let (status, reply) = send(None, &discovery).expect("an HTTP answer");
+    assert_eq!(status, 401, "discovery too: {reply}");
 
-    // A client certificate from another CA does not get through either.
-    aggregation::openssl(
-        &f.pki,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            "rogue.key",
-            "-out",
-            "rogue.crt",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=front-proxy-client",
-        ],
-    );
-    let rogue_cert = f.pki.join("rogue.crt").to_string_lossy().into_owned();
-    let rogue_key = f.pki.join("rogue.key").to_string_lossy().into_owned();
-    let mut args = status_only.to_vec();
-    args.extend([
-        "--cert",
-        &rogue_cert,
-        "--key",
-        &rogue_key,
-        "-H",
-        "X-Remote-User: system:admin",
-        "--data",
-        &body,
-    ]);
-    let code = curl(&args, SOLVER_PATH);
+    // A client certificate from another CA: the TLS handshake itself refuses it (the
+    // server trusts only the request-header CA), before any header is read.
+    https::handshake(f.webhook, &f.webhook_name, &ca, None)
+        .expect("without a client certificate the handshake completes");
+    let rogue = pki::self_signed_client("front-proxy-client");
+    let refused = https::handshake(f.webhook, &f.webhook_name, &ca, Some(&rogue))
+        .expect_err("a rogue certificate is refused");
     assert!(
-        code == "000" || code == "401",
-        "a rogue certificate is refused, got {code}"
+        matches!(
+            https::tls_error(&refused),
+            Some(rustls::Error::AlertReceived(
+                rustls::AlertDescription::UnknownCA
+            ))
+        ),
+        "refused with the unknown_ca alert, got {refused:?}"
     );
 
     // Probes stay open.
-    assert_eq!(curl(&[], "/healthz"), "ok");
+    let (status, body) = send(None, &https::Request::get("/healthz")).expect("an HTTP answer");
+    assert_eq!((status, body.as_str()), (200, "ok"));
 }
 
 async fn users_without_rbac_are_refused_by_the_api_server(f: &Fixture) {
-    let stranger = aggregation::client_from(&aggregation::service_account_kubeconfig(
-        &f.tenant_a,
-        "stranger",
-    ))
-    .await;
-    let (code, _) = post(
-        &stranger,
-        payload(
-            "Present",
-            "x.example.test",
-            "k",
-            &f.tenant_a,
-            "",
-            Value::Null,
-        ),
-    )
-    .await;
+    common::apply_service_account(&f.tenant_a, "stranger");
+    let stranger = common::client_from(&common::token_kubeconfig(&f.tenant_a, "stranger")).await;
+    let challenge = Challenge::new("x.example.test", &f.tenant_a).resolved_to("");
+    let (code, _) = present(&stranger, &challenge, "k").await;
     assert_eq!(code, 403, "the aggregator authorizes before proxying");
 }

@@ -4,6 +4,13 @@
 #![allow(dead_code)]
 
 pub mod aggregation;
+pub mod daemon;
+pub mod dns;
+pub mod https;
+pub mod knot;
+pub mod pebble;
+pub mod pki;
+pub mod unbound;
 
 use std::time::Duration;
 
@@ -138,19 +145,6 @@ pub fn render_chart(extra: &[&str]) -> String {
 /// authenticates as that ServiceAccount, so a process run with it proves the chart's
 /// RBAC is enough for what it does.
 pub fn chart_identity_kubeconfig() -> std::path::PathBuf {
-    let namespace = run(
-        "kubectl",
-        &[
-            "create",
-            "namespace",
-            RELEASE_NAMESPACE,
-            "--dry-run=client",
-            "-o",
-            "yaml",
-        ],
-        None,
-    );
-    run("kubectl", &["apply", "-f", "-"], Some(&namespace));
     let identity = render_chart(&[
         "--show-only",
         "templates/serviceaccount.yaml",
@@ -159,22 +153,34 @@ pub fn chart_identity_kubeconfig() -> std::path::PathBuf {
         "--show-only",
         "templates/rbac-webhook.yaml",
     ]);
+    apply_namespace(RELEASE_NAMESPACE);
     run("kubectl", &["apply", "-f", "-"], Some(&identity));
-    let service_account = format!("{RELEASE}-kube-acme-dns");
+    token_kubeconfig(RELEASE_NAMESPACE, &format!("{RELEASE}-kube-acme-dns"))
+}
+
+/// Creates `namespace` unless it exists (applied, so tests sharing it do not race).
+pub fn apply_namespace(namespace: &str) {
+    let manifest = format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {namespace}\n");
+    run("kubectl", &["apply", "-f", "-"], Some(&manifest));
+}
+
+/// Creates the ServiceAccount `namespace/name` (and its namespace) unless it exists.
+pub fn apply_service_account(namespace: &str, name: &str) {
+    apply_namespace(namespace);
+    let manifest = format!(
+        "apiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: {name}\n  namespace: {namespace}\n"
+    );
+    run("kubectl", &["apply", "-f", "-"], Some(&manifest));
+}
+
+/// A kubeconfig for the admin kubeconfig's cluster that authenticates with a token of
+/// the ServiceAccount `namespace/name`.
+pub fn token_kubeconfig(namespace: &str, name: &str) -> std::path::PathBuf {
     let token = run(
         "kubectl",
-        &[
-            "create",
-            "token",
-            &service_account,
-            "--namespace",
-            RELEASE_NAMESPACE,
-            "--duration",
-            "1h",
-        ],
+        &["create", "token", name, "-n", namespace, "--duration", "1h"],
         None,
     );
-
     let mut kubeconfig = kube::config::Kubeconfig::read().expect("read the admin kubeconfig");
     for auth in &mut kubeconfig.auth_infos {
         auth.auth_info = Some(kube::config::AuthInfo {
@@ -182,20 +188,38 @@ pub fn chart_identity_kubeconfig() -> std::path::PathBuf {
             ..Default::default()
         });
     }
-    let path = std::env::temp_dir().join(format!("{}.kubeconfig", unique_name("chart-sa")));
+    let path = std::env::temp_dir().join(format!("{}.kubeconfig", unique_name(name)));
     std::fs::write(&path, serde_yaml::to_string(&kubeconfig).unwrap()).unwrap();
     path
 }
 
-/// A port free on 127.0.0.1 for both UDP and TCP at the time of asking.
-pub fn free_port() -> u16 {
-    loop {
+/// A client that uses `kubeconfig`.
+pub async fn client_from(kubeconfig: &std::path::Path) -> Client {
+    let kubeconfig = kube::config::Kubeconfig::read_from(kubeconfig)
+        .unwrap_or_else(|e| panic!("read {}: {e}", kubeconfig.display()));
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .unwrap();
+    Client::try_from(config).unwrap()
+}
+
+/// `n` distinct ports, each free on 127.0.0.1 for both UDP and TCP at the time of
+/// asking. Every fixture picks its ports here.
+pub fn free_ports(n: usize) -> Vec<u16> {
+    // Held until all are picked, so the kernel hands out distinct ones.
+    let mut held = Vec::new();
+    while held.len() < n {
         let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let port = udp.local_addr().unwrap().port();
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
+        if let Ok(tcp) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            held.push((port, udp, tcp));
         }
     }
+    held.into_iter().map(|(port, _, _)| port).collect()
+}
+
+pub fn free_port() -> u16 {
+    free_ports(1)[0]
 }
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_kube-acme-dns");
@@ -237,8 +261,11 @@ pub fn spawn_serve_as(
 }
 
 fn spawn(kubeconfig: std::path::PathBuf, extra: &[&str]) -> Serve {
-    let dns: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let metrics: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let ports = free_ports(2);
+    let (dns, metrics): (std::net::SocketAddr, std::net::SocketAddr) = (
+        format!("127.0.0.1:{}", ports[0]).parse().unwrap(),
+        format!("127.0.0.1:{}", ports[1]).parse().unwrap(),
+    );
     let child = tokio::process::Command::new(BIN)
         .args(["serve", "--zone", "auth.example.test"])
         .args(["--dns-addr", &dns.to_string()])
