@@ -11,14 +11,13 @@ ETCD_VERSION=${ETCD_VERSION:-v3.6.16}
 KUBE_VERSION=${KUBE_VERSION:-v1.37.2}
 HELM_VERSION=${HELM_VERSION:-v3.22.0}
 
-CACHE=${XDG_CACHE_HOME:-$HOME/.cache}/kube-acme-dns
-BIN=$CACHE/bin
-SRC=$CACHE/src
-mkdir -p "$BIN" "$SRC"
-
 say() { printf '[tools] %s\n' "$*" >&2; }
 # shellcheck source=e2e/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+BIN=$KAD_CACHE_BIN
+SRC=$KAD_CACHE/src
+mkdir -p "$BIN" "$SRC"
 
 binary_path() {
   case $1 in

@@ -13,11 +13,11 @@ set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 MODULE=github.com/cert-manager/cert-manager
-BIN=${XDG_CACHE_HOME:-$HOME/.cache}/kube-acme-dns/bin
 
 say() { printf '[conformance] %s\n' "$*" >&2; }
 # shellcheck source=e2e/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
+BIN=$KAD_CACHE_BIN
 
 version() {
   local v
