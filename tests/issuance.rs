@@ -49,6 +49,7 @@ async fn issue(
     namespace: &str,
     pebble: &Pebble,
     accounts: &Api<AcmeDnsAccount>,
+    account: &str,
 ) {
     let mut dns01 = json!({
         "webhook": { "groupName": "acme.acmedns.io", "solverName": "acme-dns" }
@@ -149,7 +150,7 @@ async fn issue(
 
     // CleanUp removed every challenge value.
     common::eventually("no stale TXT values", Duration::from_secs(60), || async {
-        let account = accounts.get("example-test").await.ok()?;
+        let account = accounts.get(account).await.ok()?;
         account.status?.txt.is_empty().then_some(())
     })
     .await;
@@ -220,35 +221,43 @@ async fn wildcard_certificate_is_issued_through_pebble_with_and_without_cname_fo
         applied.contains("certificate.cert-manager.io/kad-kube-acme-dns-webhook-tls"),
         "{applied}"
     );
+    // Two users' domains, each delegated to an account of its own: one issuer follows
+    // the CNAME, the other does not. cert-manager solves the challenges of one domain
+    // one after the other, so two domains let both certificates be issued at once.
     let accounts: Api<AcmeDnsAccount> = Api::namespaced(admin.clone(), &namespace);
-    let spec = AcmeDnsAccountSpec {
-        domains: vec![DomainName(domain.clone())],
-        subdomain: Some(DnsLabel(label.clone())),
-        ..Default::default()
-    };
-    accounts
-        .create(
-            &PostParams::default(),
-            &AcmeDnsAccount::new("example-test", spec),
-        )
-        .await
-        .unwrap();
-    let fqdn = format!("{label}.auth.example.test.");
-    common::eventually("subdomain assigned", Duration::from_secs(20), || async {
-        accounts.get("example-test").await.ok()?.status?.fqdn
-    })
-    .await;
-
-    // The user's zone with the one CNAME they published, in a resolver that sends
-    // auth.example.test to our responder.
+    let follow_label = format!("{label}-f");
+    let follow_domain = format!("{follow_label}.test");
     let work = std::env::temp_dir().join(common::unique_name("issuance"));
     std::fs::create_dir_all(&work).unwrap();
-    let zone = work.join(format!("{domain}.zone"));
-    let cname = format!("_acme-challenge CNAME {fqdn}");
-    std::fs::write(&zone, zone_text(&domain, &[cname])).unwrap();
+    let mut zones = Vec::new();
+    for (account, label, domain) in [
+        ("example-test", &label, &domain),
+        ("follow-test", &follow_label, &follow_domain),
+    ] {
+        let spec = AcmeDnsAccountSpec {
+            domains: vec![DomainName(domain.clone())],
+            subdomain: Some(DnsLabel(label.clone())),
+            ..Default::default()
+        };
+        accounts
+            .create(&PostParams::default(), &AcmeDnsAccount::new(account, spec))
+            .await
+            .unwrap();
+        common::eventually("subdomain assigned", Duration::from_secs(20), || async {
+            accounts.get(account).await.ok()?.status?.fqdn
+        })
+        .await;
+        // The user's zone with the one CNAME they published.
+        let zone = work.join(format!("{domain}.zone"));
+        let cname = format!("_acme-challenge CNAME {label}.auth.example.test.");
+        std::fs::write(&zone, zone_text(domain, &[cname])).unwrap();
+        zones.push(zone);
+    }
+
+    // A resolver holding the users' zones that sends auth.example.test to our responder.
     let unbound = Unbound::start(
         &work.join("unbound"),
-        &[zone],
+        &zones,
         &[("auth.example.test", solver.serve.dns)],
     );
     let resolver = unbound.addr.to_string();
@@ -270,7 +279,24 @@ async fn wildcard_certificate_is_issued_through_pebble_with_and_without_cname_fo
         .spawn()
         .expect("start cert-manager's controllers");
 
-    for (name, strategy) in [("pebble-plain", None), ("pebble-follow", Some("Follow"))] {
-        issue(&domain, name, strategy, &namespace, &pebble, &accounts).await;
-    }
+    tokio::join!(
+        issue(
+            &domain,
+            "pebble-plain",
+            None,
+            &namespace,
+            &pebble,
+            &accounts,
+            "example-test"
+        ),
+        issue(
+            &follow_domain,
+            "pebble-follow",
+            Some("Follow"),
+            &namespace,
+            &pebble,
+            &accounts,
+            "follow-test"
+        ),
+    );
 }

@@ -245,7 +245,8 @@ async fn present_is_answered_by_dns_at_once_and_clean_up_removes_exactly_its_key
     const KEY_TWO: &str = "key-two-bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
 
     assert_solved(&present(&f.cert_manager, &challenge, KEY_ONE).await);
-    // The replica that wrote answers at once: no waiting for the watch.
+    // The replica that wrote answers as soon as Present returns: Present waits until
+    // the account watch, the index's only writer, has delivered its write.
     assert_eq!(
         served_txt(f, &fqdn),
         [KEY_ONE],
