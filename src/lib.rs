@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod apiserver;
+pub mod compat;
 pub mod controller;
 pub mod dns;
 pub mod health;
