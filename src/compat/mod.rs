@@ -4,3 +4,7 @@
 //! serves it on AcmeDnsAccounts is built on it.
 
 pub mod protocol;
+pub mod server;
+
+#[cfg(test)]
+mod tests;
