@@ -13,6 +13,7 @@ pub mod http;
 pub mod index;
 pub mod serve;
 pub mod telemetry;
+pub mod txt;
 pub mod watch;
 pub mod webhook;
 pub mod wire;

@@ -25,6 +25,7 @@ use crate::{
     health::{self, Health},
     http::Limits,
     index::AccountIndex,
+    txt::TxtWriter,
     watch,
     webhook::{self, AccountResolver, Solver, WebhookArgs},
 };
@@ -200,15 +201,17 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
 
     let webhook = if args.roles.contains(&Role::Webhook) {
         let solver = Solver {
-            client: client.clone(),
-            index: index.clone(),
+            txt: TxtWriter {
+                client: client.clone(),
+                index: index.clone(),
+                max_values: args.webhook.max_txt_values as usize,
+            },
             resolver: AccountResolver {
                 index: index.clone(),
                 zone: args.dns.zone.clone(),
                 cluster_resource_namespace: args.webhook.cluster_resource_namespace.clone(),
                 cross_namespace: args.webhook.webhook_cross_namespace,
             },
-            max_txt_values: args.webhook.max_txt_values as usize,
         };
         let server = http_servers.spawn(webhook::serve(
             args.webhook.clone(),
