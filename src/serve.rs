@@ -20,6 +20,10 @@ use tracing::{info, warn};
 
 use crate::{
     api::AcmeDnsAccount,
+    compat::{
+        self, ApiArgs,
+        store::{CredentialIndex, KubeStore},
+    },
     controller::{self, ControllerArgs, ControllerConfig, ControllerMetrics},
     dns::{Zone, ZoneConfig, metrics::DnsMetrics, server::DnsSockets},
     health::{self, Health},
@@ -38,6 +42,8 @@ pub enum Role {
     Controller,
     /// The cert-manager DNS-01 webhook solver (needs a serving certificate).
     Webhook,
+    /// The acme-dns compatible HTTP API (`/register`, `/update`, `/health`).
+    Api,
 }
 
 #[derive(clap::Args, Debug)]
@@ -73,6 +79,9 @@ pub struct ServeArgs {
 
     #[command(flatten)]
     pub webhook: WebhookArgs,
+
+    #[command(flatten)]
+    pub api: ApiArgs,
 
     /// This replica's name in the leader election Lease and in Events. Defaults to the
     /// pod name (POD_NAME or HOSTNAME) with a random suffix.
@@ -237,6 +246,39 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     // Present in flight at shutdown still sees its write delivered.
     let mut watch = tokio::spawn(watch);
 
+    let api = if args.roles.contains(&Role::Api) {
+        let namespace = args.api.namespace();
+        let credentials = CredentialIndex::default();
+        tokio::spawn(
+            credentials
+                .clone()
+                .watch(Api::namespaced(client.clone(), &namespace)),
+        );
+        let store = KubeStore {
+            client: client.clone(),
+            namespace,
+            zone: args.dns.zone.clone(),
+            accounts: shared.clone(),
+            credentials,
+            txt: TxtWriter {
+                client: client.clone(),
+                index: index.clone(),
+                max_values: args.webhook.max_txt_values as usize,
+            },
+        };
+        let server = http_servers.spawn({
+            let (args, shutdown) = (args.api.clone(), shutdown.clone());
+            async move {
+                compat::serve(&args, store, shutdown)
+                    .await
+                    .map_err(anyhow::Error::from)
+            }
+        });
+        futures::future::Either::Left(async move { joined(server.await) })
+    } else {
+        futures::future::Either::Right(std::future::pending())
+    };
+
     let controller = if args.roles.contains(&Role::Controller) {
         futures::future::Either::Left(controller::run(ControllerConfig {
             client,
@@ -260,6 +302,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         () = dns => Err(anyhow::anyhow!("the DNS TCP server stopped")),
         () = controller => Err(anyhow::anyhow!("the controller stopped")),
         result = webhook => result.context("the webhook solver failed"),
+        result = api => result.context("the acme-dns API failed"),
         result = &mut watch => Err(match result {
             Ok(()) => anyhow::anyhow!("the AcmeDnsAccount watch ended, which it never should"),
             Err(e) => anyhow::anyhow!("the AcmeDnsAccount watch panicked: {e}"),

@@ -1,0 +1,274 @@
+//! The acme-dns API's accounts are AcmeDnsAccounts. `/register` creates one, with its
+//! subdomain pinned at once so the answer can carry it, and a Secret owned by it (so
+//! deleted with it) holding the username and the bcrypt hash of the key. Credentials are
+//! looked up in memory: a watch on those Secrets, and the process's account store.
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use futures::StreamExt;
+use k8s_openapi::{
+    ByteString, api::core::v1::Secret, apimachinery::pkg::apis::meta::v1::OwnerReference,
+};
+use kube::{
+    Api, Client, Resource, ResourceExt,
+    api::{ObjectMeta, PostParams},
+    runtime::{WatchStreamExt, reflector::ObjectRef, watcher},
+};
+use tracing::warn;
+
+use super::{
+    protocol::{RegisterRequest, parse_cidr},
+    server::{AccountStore, Credentials, Registered},
+};
+use crate::{
+    api::{AcmeDnsAccount, AcmeDnsAccountSpec, Cidr, DnsLabel},
+    index::AccountKey,
+    txt::TxtWriter,
+    watch::SharedAccounts,
+};
+
+/// Label on credential Secrets, so the watch reads only those.
+pub const CREDENTIALS_LABEL: &str = "acmedns.io/credentials";
+/// Secret keys.
+pub const USERNAME_KEY: &str = "username";
+pub const KEY_HASH_KEY: &str = "key-hash";
+/// The account a credential Secret belongs to (also its owner).
+pub const ACCOUNT_LABEL: &str = "acmedns.io/account";
+/// How long `/register` waits for the watches to deliver the new account.
+const WATCH_DELIVERY: Duration = Duration::from_secs(5);
+
+/// Username → (account, bcrypt hash), from the credential Secrets.
+#[derive(Clone, Default)]
+pub struct CredentialIndex {
+    entries: Arc<std::sync::RwLock<HashMap<String, (AccountKey, String)>>>,
+    /// Secret → username, to drop the entry when the Secret goes.
+    secrets: Arc<std::sync::RwLock<HashMap<AccountKey, String>>>,
+}
+
+impl CredentialIndex {
+    fn apply(&self, secret: &Secret) {
+        let key = AccountKey {
+            namespace: secret.namespace().unwrap_or_default(),
+            name: secret.name_any(),
+        };
+        self.delete(&key);
+        let data = secret.data.clone().unwrap_or_default();
+        let text = |k: &str| {
+            data.get(k)
+                .and_then(|v| String::from_utf8(v.0.clone()).ok())
+                .map(|s| s.trim().to_string())
+        };
+        let (Some(username), Some(hash), Some(account)) = (
+            text(USERNAME_KEY).and_then(|u| super::protocol::canonical_user(&u)),
+            text(KEY_HASH_KEY),
+            secret.labels().get(ACCOUNT_LABEL).cloned(),
+        ) else {
+            warn!(secret = %key, "ignoring a credential Secret without {USERNAME_KEY}, {KEY_HASH_KEY} and the {ACCOUNT_LABEL} label");
+            return;
+        };
+        let account = AccountKey {
+            namespace: key.namespace.clone(),
+            name: account,
+        };
+        self.entries
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(username.clone(), (account, hash));
+        self.secrets
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, username);
+    }
+
+    fn delete(&self, secret: &AccountKey) {
+        let gone = self
+            .secrets
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(secret);
+        if let Some(username) = gone {
+            self.entries
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&username);
+        }
+    }
+
+    fn get(&self, username: &str) -> Option<(AccountKey, String)> {
+        self.entries
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(username)
+            .cloned()
+    }
+
+    /// Keeps the index current from the credential Secrets in `namespace`. Never ends.
+    pub async fn watch(self, secrets: Api<Secret>) {
+        let config = watcher::Config::default().labels(&format!("{CREDENTIALS_LABEL}=true"));
+        let mut events = watcher(secrets, config).default_backoff().boxed();
+        let mut relist = Vec::new();
+        while let Some(event) = events.next().await {
+            match event {
+                Ok(watcher::Event::Apply(secret)) => self.apply(&secret),
+                Ok(watcher::Event::Delete(secret)) => self.delete(&AccountKey {
+                    namespace: secret.namespace().unwrap_or_default(),
+                    name: secret.name_any(),
+                }),
+                Ok(watcher::Event::Init) => relist.clear(),
+                Ok(watcher::Event::InitApply(secret)) => relist.push(secret),
+                Ok(watcher::Event::InitDone) => {
+                    let fresh = CredentialIndex::default();
+                    for secret in &relist {
+                        fresh.apply(secret);
+                    }
+                    let (entries, secrets) = (
+                        std::mem::take(
+                            &mut *fresh.entries.write().unwrap_or_else(|p| p.into_inner()),
+                        ),
+                        std::mem::take(
+                            &mut *fresh.secrets.write().unwrap_or_else(|p| p.into_inner()),
+                        ),
+                    );
+                    *self.entries.write().unwrap_or_else(|p| p.into_inner()) = entries;
+                    *self.secrets.write().unwrap_or_else(|p| p.into_inner()) = secrets;
+                    relist = Vec::new();
+                }
+                Err(e) => warn!(error = %e, "watching credential Secrets failed; retrying"),
+            }
+        }
+    }
+}
+
+/// Accounts in the API server, credentials from memory.
+pub struct KubeStore {
+    pub client: Client,
+    /// Where `/register` creates accounts and their Secrets.
+    pub namespace: String,
+    /// The zone accounts are served under.
+    pub zone: String,
+    pub accounts: SharedAccounts,
+    pub credentials: CredentialIndex,
+    pub txt: TxtWriter,
+}
+
+impl AccountStore for KubeStore {
+    fn credentials(&self, username: &str) -> Option<Credentials> {
+        let (account, key_hash) = self.credentials.get(username)?;
+        let object = self
+            .accounts
+            .store()
+            .get(&ObjectRef::new(&account.name).within(&account.namespace))?;
+        let subdomain = object
+            .status
+            .as_ref()
+            .and_then(|s| s.subdomain.as_ref())
+            .or(object.spec.subdomain.as_ref())?
+            .0
+            .clone();
+        let allow_from = object
+            .spec
+            .allow_from
+            .iter()
+            .filter_map(|c| parse_cidr(&c.0))
+            .collect();
+        Some(Credentials {
+            account,
+            subdomain,
+            key_hash,
+            allow_from,
+        })
+    }
+
+    async fn register(
+        &self,
+        username: &str,
+        key_hash: &str,
+        request: &RegisterRequest,
+    ) -> Result<Registered, String> {
+        let subdomain = uuid::Uuid::new_v4().hyphenated().to_string();
+        let spec = AcmeDnsAccountSpec {
+            subdomain: Some(DnsLabel(subdomain.clone())),
+            // Stored as networks: the CRD accepts a CIDR only without host bits set.
+            allow_from: request
+                .allow_from
+                .iter()
+                .map(|net| Cidr(net.trunc().to_string()))
+                .collect(),
+            ..Default::default()
+        };
+        let mut account = AcmeDnsAccount::new(&subdomain, spec);
+        account.metadata.namespace = Some(self.namespace.clone());
+        let accounts: Api<AcmeDnsAccount> = Api::namespaced(self.client.clone(), &self.namespace);
+        let created = accounts
+            .create(&PostParams::default(), &account)
+            .await
+            .map_err(|e| {
+                format!(
+                    "cannot create AcmeDnsAccount {}/{subdomain}: {e}",
+                    self.namespace
+                )
+            })?;
+
+        let owner = OwnerReference {
+            api_version: AcmeDnsAccount::api_version(&()).into_owned(),
+            kind: AcmeDnsAccount::kind(&()).into_owned(),
+            name: created.name_any(),
+            uid: created.uid().unwrap_or_default(),
+            ..Default::default()
+        };
+        let secret = Secret {
+            metadata: ObjectMeta {
+                name: Some(format!("{subdomain}-credentials")),
+                namespace: Some(self.namespace.clone()),
+                labels: Some(
+                    [
+                        (CREDENTIALS_LABEL.to_string(), "true".to_string()),
+                        (ACCOUNT_LABEL.to_string(), created.name_any()),
+                    ]
+                    .into(),
+                ),
+                owner_references: Some(vec![owner]),
+                ..Default::default()
+            },
+            data: Some(
+                [
+                    (
+                        USERNAME_KEY.to_string(),
+                        ByteString(username.as_bytes().to_vec()),
+                    ),
+                    (
+                        KEY_HASH_KEY.to_string(),
+                        ByteString(key_hash.as_bytes().to_vec()),
+                    ),
+                ]
+                .into(),
+            ),
+            ..Default::default()
+        };
+        let secrets: Api<Secret> = Api::namespaced(self.client.clone(), &self.namespace);
+        if let Err(e) = secrets.create(&PostParams::default(), &secret).await {
+            // Nothing half-made is left behind: without credentials the account is useless.
+            let _ = accounts
+                .delete(&created.name_any(), &Default::default())
+                .await;
+            return Err(format!(
+                "cannot create the credential Secret for {}/{subdomain}: {e}",
+                self.namespace
+            ));
+        }
+        // Clients may update right after registering: answer once this replica's
+        // watches know the account and its credentials (normally milliseconds).
+        let deadline = tokio::time::Instant::now() + WATCH_DELIVERY;
+        while self.credentials(username).is_none() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(Registered {
+            fulldomain: format!("{subdomain}.{}", self.zone.trim_end_matches('.')),
+            subdomain,
+        })
+    }
+
+    async fn update(&self, account: &AccountKey, txt: &str) -> Result<(), String> {
+        self.txt.add(account, txt).await.map_err(|e| e.to_string())
+    }
+}
