@@ -40,24 +40,23 @@ fn post(api: SocketAddr, path: &str, headers: &[String], body: &str) -> (u16, St
 async fn register_then_update_is_answered_by_dns_and_wrong_keys_are_refused() {
     let client = common::client().await;
     common::install_crd(&client).await;
-    let namespace = common::create_namespace(&client, "compat").await;
+    // The chart's RBAC lets the API register in the release namespace.
+    let namespace = common::RELEASE_NAMESPACE;
+    let lease = common::unique_name("compat");
     let api: SocketAddr = format!("127.0.0.1:{}", common::free_port())
         .parse()
         .unwrap();
-    let admin = std::path::PathBuf::from(std::env::var("KUBECONFIG").unwrap());
-    let serve = common::spawn_serve_as(
-        admin,
-        &namespace,
-        &namespace,
+    // Runs as the chart's ServiceAccount, so this also proves the chart's RBAC.
+    let serve = common::spawn_serve(
+        namespace,
+        &lease,
         &[
             "--roles",
             "dns,controller,api",
-            "--leader-election-namespace",
-            &namespace,
             "--api-addr",
             &api.to_string(),
             "--api-namespace",
-            &namespace,
+            namespace,
             "--api-bcrypt-cost",
             "4",
         ],
@@ -82,10 +81,10 @@ async fn register_then_update_is_answered_by_dns_and_wrong_keys_are_refused() {
 
     // The account is an AcmeDnsAccount with its subdomain pinned; the Secret it owns
     // holds the username and a bcrypt hash, never the key itself.
-    let accounts: Api<AcmeDnsAccount> = Api::namespaced(client.clone(), &namespace);
+    let accounts: Api<AcmeDnsAccount> = Api::namespaced(client.clone(), namespace);
     let created = accounts.get(subdomain).await.unwrap();
     assert_eq!(created.spec.subdomain.as_ref().unwrap().0, subdomain);
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), &namespace);
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
     let secret = secrets
         .get(&format!("{subdomain}-credentials"))
         .await

@@ -145,13 +145,18 @@ pub fn render_chart(extra: &[&str]) -> String {
 /// authenticates as that ServiceAccount, so a process run with it proves the chart's
 /// RBAC is enough for what it does.
 pub fn chart_identity_kubeconfig() -> std::path::PathBuf {
+    // Every role on, so the RBAC of each is applied.
     let identity = render_chart(&[
+        "--set",
+        "api.enabled=true",
         "--show-only",
         "templates/serviceaccount.yaml",
         "--show-only",
         "templates/rbac.yaml",
         "--show-only",
         "templates/rbac-webhook.yaml",
+        "--show-only",
+        "templates/rbac-api.yaml",
     ]);
     apply_namespace(RELEASE_NAMESPACE);
     run("kubectl", &["apply", "-f", "-"], Some(&identity));

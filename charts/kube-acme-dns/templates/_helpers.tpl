@@ -22,3 +22,16 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- define "kube-acme-dns.serviceAccountName" -}}
 {{- default (include "kube-acme-dns.fullname" .) .Values.serviceAccount.name -}}
 {{- end -}}
+
+{{/* The roles `serve` runs, from the values. */}}
+{{- define "kube-acme-dns.roles" -}}
+{{- $roles := list "dns" "controller" -}}
+{{- if .Values.webhook.enabled }}{{ $roles = append $roles "webhook" }}{{ end -}}
+{{- if .Values.api.enabled }}{{ $roles = append $roles "api" }}{{ end -}}
+{{- join "," $roles -}}
+{{- end }}
+
+{{/* Where the acme-dns API registers accounts: api.namespace, else the release's. */}}
+{{- define "kube-acme-dns.apiNamespace" -}}
+{{- .Values.api.namespace | default .Release.Namespace -}}
+{{- end }}
