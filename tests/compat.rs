@@ -37,7 +37,7 @@ fn post(api: SocketAddr, path: &str, headers: &[String], body: &str) -> (u16, St
 }
 
 #[tokio::test]
-async fn register_then_update_is_answered_by_dns_and_wrong_keys_are_refused() {
+async fn register_update_answered_by_dns_wrong_keys_refused_and_deregister() {
     let client = common::client().await;
     common::install_crd(&client).await;
     // The chart's RBAC lets the API register in the release namespace.
@@ -132,4 +132,21 @@ async fn register_then_update_is_answered_by_dns_and_wrong_keys_are_refused() {
     assert_eq!((code, body.as_str()), (401, r#"{"error": "forbidden"}"#));
     let (code, body) = post(api, "/nothing", &[], "");
     assert_eq!((code, body.as_str()), (404, "404 page not found\n"));
+
+    // Deregistration with the account's own credentials removes the account and the
+    // Secret, and the credentials stop working.
+    let (code, body) = post(api, "/deregister", &credentials, "");
+    assert_eq!(code, 200, "{body}");
+    assert!(accounts.get_opt(subdomain).await.unwrap().is_none());
+    assert!(
+        secrets
+            .get_opt(&format!("{subdomain}-credentials"))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    common::eventually("credentials refused", Duration::from_secs(5), || async {
+        (post(api, "/update", &credentials, &update).0 == 401).then_some(())
+    })
+    .await;
 }

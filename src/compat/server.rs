@@ -60,6 +60,12 @@ pub trait AccountStore: Send + Sync + 'static {
         account: &AccountKey,
         txt: &str,
     ) -> impl Future<Output = Result<(), String>> + Send;
+
+    /// Deletes the account and its credentials.
+    fn deregister(
+        &self,
+        credentials: &Credentials,
+    ) -> impl Future<Output = Result<(), String>> + Send;
 }
 
 #[derive(Clone, Debug)]
@@ -98,6 +104,7 @@ pub fn router<S: AccountStore>(store: S, settings: Settings) -> Router {
     });
     let mut router = Router::new()
         .route("/update", post(update::<S>))
+        .route("/deregister", post(deregister::<S>))
         .route("/health", get(|| async { StatusCode::OK }));
     if api.settings.registration {
         router = router.route("/register", post(register::<S>));
@@ -175,12 +182,13 @@ async fn register<S: AccountStore>(
     }
 }
 
-async fn update<S: AccountStore>(
-    State(api): State<Arc<Api<S>>>,
-    Extension(peer): Extension<Peer>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
+/// The caller's credentials, checked in acme-dns's order: user, key format, user known,
+/// key right, source address. Every failure is the same 401.
+async fn authenticate<S: AccountStore>(
+    api: &Api<S>,
+    peer: &Peer,
+    headers: &HeaderMap,
+) -> Result<Credentials, Response> {
     let forbidden = || error(StatusCode::UNAUTHORIZED, ErrorCode::Forbidden);
     let header = |name: &str| {
         headers
@@ -188,13 +196,12 @@ async fn update<S: AccountStore>(
             .and_then(|v| v.to_str().ok())
             .unwrap_or("")
     };
-    // acme-dns's order: user, key format, user known, key right, source, subdomain.
     let Some(user) = protocol::canonical_user(header("X-Api-User")) else {
-        return forbidden();
+        return Err(forbidden());
     };
     let key = header("X-Api-Key");
     if !protocol::is_valid_key(key) {
-        return forbidden();
+        return Err(forbidden());
     }
     let credentials = api.store.credentials(&user);
     let hash = credentials
@@ -202,7 +209,7 @@ async fn update<S: AccountStore>(
         .map_or(api.dummy_hash.clone(), |c| c.key_hash.clone());
     let key_matches = api.verify(key.to_string(), hash).await;
     let Some(credentials) = credentials.filter(|_| key_matches) else {
-        return forbidden();
+        return Err(forbidden());
     };
     let forwarded = header("X-Forwarded-For");
     let client = protocol::client_address(
@@ -211,14 +218,29 @@ async fn update<S: AccountStore>(
         &api.settings.trusted_proxies,
     );
     if !protocol::allowed(client, &credentials.allow_from) {
-        info!(account = %credentials.account, %client, "update refused: source address not in allowfrom");
-        return forbidden();
+        info!(account = %credentials.account, %client, "refused: source address not in allowfrom");
+        return Err(forbidden());
     }
+    Ok(credentials)
+}
+
+async fn update<S: AccountStore>(
+    State(api): State<Arc<Api<S>>>,
+    Extension(peer): Extension<Peer>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let credentials = match authenticate(&api, &peer, &headers).await {
+        Ok(credentials) => credentials,
+        Err(refused) => return refused,
+    };
+    // A body that is not JSON, or names another subdomain, is refused like bad
+    // credentials, as acme-dns does.
     let Some(request) = protocol::parse_update(&body) else {
-        return forbidden();
+        return error(StatusCode::UNAUTHORIZED, ErrorCode::Forbidden);
     };
     if request.subdomain != credentials.subdomain {
-        return forbidden();
+        return error(StatusCode::UNAUTHORIZED, ErrorCode::Forbidden);
     }
     if !protocol::is_valid_txt(&request.txt) {
         return error(StatusCode::BAD_REQUEST, ErrorCode::BadTxt);
@@ -227,6 +249,36 @@ async fn update<S: AccountStore>(
         Ok(()) => json(StatusCode::OK, protocol::update_answer(&request.txt)),
         Err(e) => {
             warn!(account = %credentials.account, error = %e, "update failed");
+            error(StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::DbError)
+        }
+    }
+}
+
+/// `POST /deregister` (acme-dns has none): with the account's own credentials, deletes
+/// the account and its credentials. Its subdomain stops answering at once; a CNAME
+/// still pointing at it then leads nowhere.
+async fn deregister<S: AccountStore>(
+    State(api): State<Arc<Api<S>>>,
+    Extension(peer): Extension<Peer>,
+    headers: HeaderMap,
+) -> Response {
+    let credentials = match authenticate(&api, &peer, &headers).await {
+        Ok(credentials) => credentials,
+        Err(refused) => return refused,
+    };
+    match api.store.deregister(&credentials).await {
+        Ok(()) => {
+            info!(account = %credentials.account, "deregistered an account");
+            json(
+                StatusCode::OK,
+                format!(
+                    "{{\"deregistered\": {}}}",
+                    serde_json::Value::String(credentials.subdomain.clone())
+                ),
+            )
+        }
+        Err(e) => {
+            warn!(account = %credentials.account, error = %e, "deregistration failed");
             error(StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::DbError)
         }
     }

@@ -271,4 +271,40 @@ impl AccountStore for KubeStore {
     async fn update(&self, account: &AccountKey, txt: &str) -> Result<(), String> {
         self.txt.add(account, txt).await.map_err(|e| e.to_string())
     }
+
+    async fn deregister(&self, credentials: &Credentials) -> Result<(), String> {
+        let account = &credentials.account;
+        let accounts: Api<AcmeDnsAccount> =
+            Api::namespaced(self.client.clone(), &account.namespace);
+        match accounts.delete(&account.name, &Default::default()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => return Err(format!("cannot delete AcmeDnsAccount {account}: {e}")),
+        }
+        // The Secret is owned by the account, so the garbage collector removes it too;
+        // deleting it here makes the credentials stop working now, not eventually.
+        let secrets: Api<Secret> = Api::namespaced(self.client.clone(), &account.namespace);
+        let selector = format!("{CREDENTIALS_LABEL}=true,{ACCOUNT_LABEL}={}", account.name);
+        let owned = secrets
+            .list(&kube::api::ListParams::default().labels(&selector))
+            .await
+            .map_err(|e| format!("cannot list the credentials of {account}: {e}"))?;
+        for secret in owned {
+            match secrets
+                .delete(&secret.name_any(), &Default::default())
+                .await
+            {
+                Ok(_) => {}
+                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Err(e) => {
+                    return Err(format!(
+                        "cannot delete the credential Secret {}/{}: {e}",
+                        account.namespace,
+                        secret.name_any()
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
 }

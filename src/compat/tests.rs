@@ -67,6 +67,14 @@ impl AccountStore for MemoryStore {
             .push((account.clone(), txt.to_string()));
         Ok(())
     }
+
+    async fn deregister(&self, credentials: &Credentials) -> Result<(), String> {
+        self.accounts
+            .lock()
+            .unwrap()
+            .retain(|_, c| c.account != credentials.account);
+        Ok(())
+    }
 }
 
 fn settings() -> Settings {
@@ -387,4 +395,53 @@ async fn registration_can_be_switched_off_or_require_a_token() {
     )
     .await;
     assert_eq!(reply.status, StatusCode::CREATED);
+}
+
+#[tokio::test]
+async fn deregistration_needs_the_accounts_own_credentials_and_ends_them() {
+    let store = MemoryStore::default();
+    let router = server::router(store.clone(), settings());
+    let account = register(&router, r#"{"allowfrom": ["192.0.2.0/24"]}"#).await;
+    let other = register(&router, "").await;
+    let user = account["username"].as_str().unwrap();
+    let key = account["password"].as_str().unwrap();
+    let wrong_key = "A".repeat(40);
+    for (headers, from) in [
+        (
+            vec![("X-Api-User", user), ("X-Api-Key", wrong_key.as_str())],
+            "192.0.2.9",
+        ),
+        (
+            vec![("X-Api-User", user), ("X-Api-Key", key)],
+            "198.51.100.4",
+        ),
+    ] {
+        let reply = call(&router, Method::POST, "/deregister", &headers, "", from).await;
+        assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
+        assert_eq!(reply.body, r#"{"error": "forbidden"}"#);
+    }
+    assert_eq!(store.accounts.lock().unwrap().len(), 2);
+
+    let headers = [("X-Api-User", user), ("X-Api-Key", key)];
+    let reply = call(
+        &router,
+        Method::POST,
+        "/deregister",
+        &headers,
+        "",
+        "192.0.2.9",
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    assert_eq!(reply.json()["deregistered"], account["subdomain"]);
+    // Gone, and its credentials with it; the other account is untouched.
+    let update = update(&router, &account, &update_body(&account, TXT), "192.0.2.9").await;
+    assert_eq!(update.status, StatusCode::UNAUTHORIZED);
+    assert!(
+        store
+            .accounts
+            .lock()
+            .unwrap()
+            .contains_key(other["username"].as_str().unwrap())
+    );
 }
