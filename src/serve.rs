@@ -166,6 +166,18 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     // Configuration errors first, before touching the network.
     let zone =
         Arc::new(Zone::new(&args.dns.zone_config()).context("invalid DNS zone configuration")?);
+    if args.roles.contains(&Role::Api)
+        && let Some(watched) = &args.watch_namespace
+        && *watched != args.api.namespace()
+    {
+        // Accounts the API registers would never be seen, so their credentials would
+        // never work.
+        anyhow::bail!(
+            "the acme-dns API registers accounts in namespace {:?} but only {watched:?} is watched: \
+             set --api-namespace to {watched:?}, or watch every namespace",
+            args.api.namespace()
+        );
+    }
 
     let client = Client::try_default().await.context(
         "cannot reach Kubernetes: set KUBECONFIG, or run in a pod with a service account",

@@ -85,3 +85,24 @@ async fn bad_static_record_fails_before_anything_starts() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("NAME TYPE DATA"), "{stderr}");
 }
+
+#[tokio::test]
+async fn api_registering_outside_the_watched_namespace_fails_before_anything_starts() {
+    let output = Command::new(common::BIN)
+        .args(["serve", "--roles", "dns,api"])
+        .args([
+            "--watch-namespace",
+            "tenants",
+            "--api-namespace",
+            "acme-dns",
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(r#"set --api-namespace to "tenants""#),
+        "{stderr}"
+    );
+}
