@@ -17,3 +17,11 @@ pub mod txt;
 pub mod watch;
 pub mod webhook;
 pub mod wire;
+
+/// The namespace this pod runs in, read from its service account mount; `default` out of
+/// a cluster.
+pub fn pod_namespace() -> String {
+    std::fs::read_to_string("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+        .map(|ns| ns.trim().to_string())
+        .unwrap_or_else(|_| "default".into())
+}

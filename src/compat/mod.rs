@@ -101,11 +101,9 @@ impl ApiArgs {
     }
 
     pub fn namespace(&self) -> String {
-        self.api_namespace.clone().unwrap_or_else(|| {
-            std::fs::read_to_string("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
-                .map(|ns| ns.trim().to_string())
-                .unwrap_or_else(|_| "default".into())
-        })
+        self.api_namespace
+            .clone()
+            .unwrap_or_else(crate::pod_namespace)
     }
 }
 

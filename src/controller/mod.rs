@@ -94,11 +94,9 @@ impl ControllerArgs {
     }
 
     pub fn lease_namespace(&self) -> String {
-        self.leader_election_namespace.clone().unwrap_or_else(|| {
-            std::fs::read_to_string("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
-                .map(|ns| ns.trim().to_string())
-                .unwrap_or_else(|_| "default".into())
-        })
+        self.leader_election_namespace
+            .clone()
+            .unwrap_or_else(crate::pod_namespace)
     }
 }
 
