@@ -278,10 +278,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
                 max_values: args.webhook.max_txt_values as usize,
             },
         };
+        let metrics = compat::metrics::ApiMetrics::new(&registry)?;
         let server = http_servers.spawn({
             let (args, shutdown) = (args.api.clone(), shutdown.clone());
             async move {
-                compat::serve(&args, store, shutdown)
+                compat::serve(&args, store, metrics, shutdown)
                     .await
                     .map_err(anyhow::Error::from)
             }

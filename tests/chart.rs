@@ -102,3 +102,48 @@ fn chart_passes_values_to_the_flags_serve_reads() {
         "{serve:?}"
     );
 }
+
+#[test]
+fn every_setting_the_chart_passes_is_one_serve_reads() {
+    let all = documents(&common::render_chart(&[
+        "--set",
+        "zone=acme.example.net",
+        "--set",
+        "api.enabled=true",
+        "--set",
+        "api.tls.secretName=api-cert",
+        "--set",
+        "api.registration.tokenSecret.name=api-token",
+        "--set",
+        "api.trustedProxies={10.0.0.0/8}",
+        "--set",
+        "watchNamespace=acme",
+        "--set",
+        "controller.delegationResolver=10.96.0.10:53",
+    ]));
+    let deployment = all
+        .iter()
+        .find(|d| kind(d) == "Deployment")
+        .expect("a Deployment");
+    let pod = &deployment["spec"]["template"]["spec"];
+    let help = common::run(env!("CARGO_BIN_EXE_kube-acme-dns"), &["serve", "--help"], None);
+    let names: Vec<&str> = pod["containers"][0]["env"]
+        .as_sequence()
+        .expect("env")
+        .iter()
+        .filter_map(|e| e["name"].as_str())
+        .filter(|name| name.starts_with("KUBE_ACME_DNS_"))
+        .collect();
+    assert!(names.len() > 15, "{names:?}");
+    for name in names {
+        assert!(
+            help.contains(&format!("[env: {name}")),
+            "the chart sets {name}, which `serve` does not read"
+        );
+    }
+    // The API's certificate is mounted where its flags point.
+    let mounts = serde_yaml::to_string(&pod["containers"][0]["volumeMounts"]).unwrap();
+    assert!(mounts.contains("mountPath: /api-tls"), "{mounts}");
+    let volumes = serde_yaml::to_string(&pod["volumes"]).unwrap();
+    assert!(volumes.contains("secretName: api-cert"), "{volumes}");
+}

@@ -3,6 +3,8 @@
 //! hook, Caddy) work unchanged: `protocol` is the wire format, `server` the routes over
 //! an account store, `store` the accounts as AcmeDnsAccounts and credential Secrets.
 
+pub mod limit;
+pub mod metrics;
 pub mod protocol;
 pub mod server;
 pub mod store;
@@ -71,6 +73,16 @@ pub struct ApiArgs {
     )]
     pub api_bcrypt_concurrency: usize,
 
+    /// Registrations one source (an IPv4 address or an IPv6 /64) may make at once;
+    /// after that, one more per --api-register-refill. 0 means no limit.
+    #[arg(long, env = "KUBE_ACME_DNS_API_REGISTER_BURST", default_value_t = 10)]
+    pub api_register_burst: u32,
+
+    /// Seconds for a source to earn one more registration once its burst is spent.
+    #[arg(long, env = "KUBE_ACME_DNS_API_REGISTER_REFILL", default_value_t = 60,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub api_register_refill: u64,
+
     /// Serve HTTPS with this certificate (PEM), re-read when it changes; plain HTTP when
     /// unset (behind a TLS-terminating Ingress).
     #[arg(long, env = "KUBE_ACME_DNS_API_TLS_CERT", requires = "api_tls_key")]
@@ -97,6 +109,10 @@ impl ApiArgs {
                 0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
                 n => n,
             },
+            register_limit: (self.api_register_burst > 0).then(|| limit::RateLimit {
+                burst: self.api_register_burst,
+                refill: Duration::from_secs(self.api_register_refill),
+            }),
         }
     }
 
@@ -123,6 +139,7 @@ pub enum ApiError {
 pub async fn serve<S: server::AccountStore>(
     args: &ApiArgs,
     store: S,
+    metrics: metrics::ApiMetrics,
     shutdown: CancellationToken,
 ) -> Result<(), ApiError> {
     let listener = TcpListener::bind(args.api_addr)
@@ -135,7 +152,7 @@ pub async fn serve<S: server::AccountStore>(
         .local_addr()
         .map(|a| a.to_string())
         .unwrap_or_default();
-    let router = server::router(store, args.settings());
+    let router = server::router(store, args.settings(), metrics);
     // A register or update body is a few hundred bytes.
     let limits = Limits {
         max_body: 16 * 1024,

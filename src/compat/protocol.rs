@@ -17,6 +17,8 @@ pub enum ErrorCode {
     BadTxt,
     BadSubdomain,
     DbError,
+    /// Ours: `/register` from a source over its limit (429 with `Retry-After`).
+    RateLimited,
 }
 
 impl ErrorCode {
@@ -28,6 +30,7 @@ impl ErrorCode {
             ErrorCode::BadTxt => "bad_txt",
             ErrorCode::BadSubdomain => "bad_subdomain",
             ErrorCode::DbError => "db_error",
+            ErrorCode::RateLimited => "rate_limited",
         }
     }
 

@@ -4,13 +4,14 @@
 //! blocking pool under a concurrency cap, so a flood of bad keys neither answers faster
 //! for unknown users nor starves the async workers.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Instant};
 
 use axum::{
     Router,
     body::Bytes,
     extract::{Extension, State},
     http::{HeaderMap, HeaderValue, StatusCode, header},
+    middleware,
     response::{IntoResponse, Response},
     routing::{get, post},
 };
@@ -18,7 +19,11 @@ use ipnet::IpNet;
 use tokio::sync::Semaphore;
 use tracing::{info, warn};
 
-use super::protocol::{self, ErrorCode, RegisterRequest};
+use super::{
+    limit::{RateLimit, RegisterLimiter},
+    metrics::{self, ApiMetrics},
+    protocol::{self, ErrorCode, RegisterRequest},
+};
 use crate::{http::Peer, index::AccountKey};
 
 /// What `/update` checks a caller against.
@@ -80,6 +85,8 @@ pub struct Settings {
     pub bcrypt_cost: u32,
     /// bcrypt computations at once; the rest wait their turn.
     pub bcrypt_concurrency: usize,
+    /// Registrations per source network; `None` for no limit.
+    pub register_limit: Option<RateLimit>,
 }
 
 pub const REGISTRATION_TOKEN_HEADER: &str = "X-Registration-Token";
@@ -90,15 +97,17 @@ struct Api<S> {
     bcrypt: Semaphore,
     /// Compared against when the user is unknown, so a miss costs what a hit does.
     dummy_hash: String,
+    register_limiter: Option<RegisterLimiter>,
 }
 
-/// The router of the API over `store`.
-pub fn router<S: AccountStore>(store: S, settings: Settings) -> Router {
+/// The router of the API over `store`, counting its requests in `metrics`.
+pub fn router<S: AccountStore>(store: S, settings: Settings, metrics: ApiMetrics) -> Router {
     let dummy_hash = bcrypt::hash(protocol::new_key(), settings.bcrypt_cost)
         .expect("bcrypt cost is validated by the flag");
     let api = Arc::new(Api {
         store,
         bcrypt: Semaphore::new(settings.bcrypt_concurrency.max(1)),
+        register_limiter: settings.register_limit.map(RegisterLimiter::new),
         settings,
         dummy_hash,
     });
@@ -109,7 +118,10 @@ pub fn router<S: AccountStore>(store: S, settings: Settings) -> Router {
     if api.settings.registration {
         router = router.route("/register", post(register::<S>));
     }
-    router.fallback(not_found).with_state(api)
+    router
+        .route_layer(middleware::from_fn_with_state(metrics, metrics::observe))
+        .fallback(not_found)
+        .with_state(api)
 }
 
 /// Go's net/http answer for an unknown path, which clients may match on.
@@ -140,9 +152,22 @@ fn error(status: StatusCode, code: ErrorCode) -> Response {
 
 async fn register<S: AccountStore>(
     State(api): State<Arc<Api<S>>>,
+    Extension(peer): Extension<Peer>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    if let Some(limiter) = &api.register_limiter {
+        let client = api.client_address(&peer, &headers);
+        if let Err(wait) = limiter.take(client, Instant::now()) {
+            info!(%client, "registration refused: this source has registered too often");
+            let retry_after = wait.as_secs().max(1).to_string();
+            let mut response = error(StatusCode::TOO_MANY_REQUESTS, ErrorCode::RateLimited);
+            if let Ok(value) = HeaderValue::from_str(&retry_after) {
+                response.headers_mut().insert(header::RETRY_AFTER, value);
+            }
+            return response;
+        }
+    }
     if let Some(token) = &api.settings.registration_token {
         let given = headers
             .get(REGISTRATION_TOKEN_HEADER)
@@ -211,12 +236,7 @@ async fn authenticate<S: AccountStore>(
     let Some(credentials) = credentials.filter(|_| key_matches) else {
         return Err(forbidden());
     };
-    let forwarded = header("X-Forwarded-For");
-    let client = protocol::client_address(
-        peer.addr.ip(),
-        (!forwarded.is_empty()).then_some(forwarded),
-        &api.settings.trusted_proxies,
-    );
+    let client = api.client_address(peer, headers);
     if !protocol::allowed(client, &credentials.allow_from) {
         info!(account = %credentials.account, %client, "refused: source address not in allowfrom");
         return Err(forbidden());
@@ -285,6 +305,16 @@ async fn deregister<S: AccountStore>(
 }
 
 impl<S> Api<S> {
+    /// The client: the TCP peer, or the right-most untrusted `X-Forwarded-For` entry
+    /// when the peer is a trusted proxy.
+    fn client_address(&self, peer: &Peer, headers: &HeaderMap) -> std::net::IpAddr {
+        let forwarded = headers
+            .get("X-Forwarded-For")
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| !v.is_empty());
+        protocol::client_address(peer.addr.ip(), forwarded, &self.settings.trusted_proxies)
+    }
+
     async fn hash(&self, password: String) -> Option<String> {
         let cost = self.settings.bcrypt_cost;
         let _permit = self.bcrypt.acquire().await.ok()?;

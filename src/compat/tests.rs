@@ -16,6 +16,8 @@ use serde_json::Value;
 use tower::ServiceExt as _;
 
 use super::{
+    limit::RateLimit,
+    metrics::ApiMetrics,
     protocol::RegisterRequest,
     server::{self, AccountStore, Credentials, Registered, Settings},
 };
@@ -84,7 +86,31 @@ fn settings() -> Settings {
         trusted_proxies: vec!["10.0.0.0/8".parse().unwrap()],
         bcrypt_cost: 4,
         bcrypt_concurrency: 2,
+        register_limit: None,
     }
+}
+
+fn router(store: MemoryStore, settings: Settings) -> Router {
+    router_with_metrics(store, settings).0
+}
+
+fn router_with_metrics(store: MemoryStore, settings: Settings) -> (Router, prometheus::Registry) {
+    let registry = prometheus::Registry::new();
+    let metrics = ApiMetrics::new(&registry).unwrap();
+    (server::router(store, settings, metrics), registry)
+}
+
+/// The value of one sample in the registry's text exposition.
+fn sample(registry: &prometheus::Registry, series: &str) -> Option<f64> {
+    use prometheus::Encoder as _;
+    let mut text = Vec::new();
+    prometheus::TextEncoder::new()
+        .encode(&registry.gather(), &mut text)
+        .unwrap();
+    String::from_utf8(text).unwrap().lines().find_map(|line| {
+        let (name, value) = line.rsplit_once(' ')?;
+        (name == series).then(|| value.parse().unwrap())
+    })
 }
 
 struct Reply {
@@ -169,7 +195,7 @@ fn update_body(account: &Value, txt: &str) -> String {
 
 #[tokio::test]
 async fn register_answers_one_line_with_the_keys_in_order_and_null_body_works() {
-    let router = server::router(MemoryStore::default(), settings());
+    let router = router(MemoryStore::default(), settings());
     for body in ["", "{}", "null"] {
         let account = register(&router, body).await;
         let keys: Vec<&String> = account.as_object().unwrap().keys().collect();
@@ -188,7 +214,7 @@ async fn register_answers_one_line_with_the_keys_in_order_and_null_body_works() 
 
 #[tokio::test]
 async fn register_errors_are_acme_dns_bodies() {
-    let router = server::router(MemoryStore::default(), settings());
+    let router = router(MemoryStore::default(), settings());
     for (body, expected) in [
         ("{", r#"{"error": "malformed_json_payload"}"#),
         (
@@ -206,7 +232,7 @@ async fn register_errors_are_acme_dns_bodies() {
 #[tokio::test]
 async fn update_with_the_registered_credentials_writes_and_echoes_the_value() {
     let store = MemoryStore::default();
-    let router = server::router(store.clone(), settings());
+    let router = router(store.clone(), settings());
     let account = register(&router, "null").await;
     let reply = update(
         &router,
@@ -229,7 +255,7 @@ type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, &'a str, &'a str);
 #[tokio::test]
 async fn every_authentication_failure_is_the_same_401_and_writes_nothing() {
     let store = MemoryStore::default();
-    let router = server::router(store.clone(), settings());
+    let router = router(store.clone(), settings());
     let account = register(
         &router,
         r#"{"allowfrom": ["192.0.2.0/24", "2001:db8::/32"]}"#,
@@ -323,7 +349,7 @@ async fn every_authentication_failure_is_the_same_401_and_writes_nothing() {
 #[tokio::test]
 async fn a_txt_value_that_is_not_a_dns01_digest_is_refused_after_authentication() {
     let store = MemoryStore::default();
-    let router = server::router(store.clone(), settings());
+    let router = router(store.clone(), settings());
     let account = register(&router, "").await;
     for txt in ["", "short", &format!("{TXT}="), &TXT.replace('-', "+")] {
         let reply = update(&router, &account, &update_body(&account, txt), "192.0.2.1").await;
@@ -335,7 +361,7 @@ async fn a_txt_value_that_is_not_a_dns01_digest_is_refused_after_authentication(
 
 #[tokio::test]
 async fn health_unknown_paths_and_wrong_methods_answer_like_acme_dns() {
-    let router = server::router(MemoryStore::default(), settings());
+    let router = router(MemoryStore::default(), settings());
     let health = call(&router, Method::GET, "/health", &[], "", "192.0.2.1").await;
     assert_eq!((health.status, health.body.as_str()), (StatusCode::OK, ""));
 
@@ -351,7 +377,7 @@ async fn health_unknown_paths_and_wrong_methods_answer_like_acme_dns() {
 
 #[tokio::test]
 async fn registration_can_be_switched_off_or_require_a_token() {
-    let off = server::router(
+    let off = router(
         MemoryStore::default(),
         Settings {
             registration: false,
@@ -362,7 +388,7 @@ async fn registration_can_be_switched_off_or_require_a_token() {
     assert_eq!(reply.status, StatusCode::NOT_FOUND);
     assert_eq!(reply.body, "404 page not found\n");
 
-    let guarded = server::router(
+    let guarded = router(
         MemoryStore::default(),
         Settings {
             registration_token: Some("s3cret".into()),
@@ -400,7 +426,7 @@ async fn registration_can_be_switched_off_or_require_a_token() {
 #[tokio::test]
 async fn deregistration_needs_the_accounts_own_credentials_and_ends_them() {
     let store = MemoryStore::default();
-    let router = server::router(store.clone(), settings());
+    let router = router(store.clone(), settings());
     let account = register(&router, r#"{"allowfrom": ["192.0.2.0/24"]}"#).await;
     let other = register(&router, "").await;
     let user = account["username"].as_str().unwrap();
@@ -444,4 +470,119 @@ async fn deregistration_needs_the_accounts_own_credentials_and_ends_them() {
             .unwrap()
             .contains_key(other["username"].as_str().unwrap())
     );
+}
+
+#[tokio::test]
+async fn registrations_are_limited_per_source_behind_proxies_too_and_counted() {
+    let (router, registry) = router_with_metrics(
+        MemoryStore::default(),
+        Settings {
+            register_limit: Some(RateLimit {
+                burst: 2,
+                refill: std::time::Duration::from_secs(600),
+            }),
+            ..settings()
+        },
+    );
+    let from = |router: &Router, peer: &'static str, forwarded: Option<&'static str>| {
+        let router = router.clone();
+        async move {
+            let headers: Vec<(&str, &str)> = forwarded
+                .map(|f| vec![("X-Forwarded-For", f)])
+                .unwrap_or_default();
+            call(&router, Method::POST, "/register", &headers, "", peer).await
+        }
+    };
+    for _ in 0..2 {
+        assert_eq!(
+            from(&router, "192.0.2.1", None).await.status,
+            StatusCode::CREATED
+        );
+    }
+    let limited = from(&router, "192.0.2.1", None).await;
+    assert_eq!(limited.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(limited.body, r#"{"error": "rate_limited"}"#);
+    // Another source is not affected, and neither are clients behind a trusted proxy,
+    // who are told apart by the forwarded address.
+    assert_eq!(
+        from(&router, "192.0.2.2", None).await.status,
+        StatusCode::CREATED
+    );
+    for _ in 0..2 {
+        let reply = from(&router, "10.0.0.1", Some("198.51.100.7")).await;
+        assert_eq!(reply.status, StatusCode::CREATED);
+    }
+    let reply = from(&router, "10.0.0.1", Some("198.51.100.7")).await;
+    assert_eq!(reply.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(
+        from(&router, "10.0.0.1", Some("198.51.100.8")).await.status,
+        StatusCode::CREATED
+    );
+    // An untrusted peer cannot escape its limit with a forwarded header.
+    let reply = from(&router, "192.0.2.1", Some("198.51.100.9")).await;
+    assert_eq!(reply.status, StatusCode::TOO_MANY_REQUESTS);
+
+    assert_eq!(
+        sample(
+            &registry,
+            r#"kube_acme_dns_api_requests_total{result="ok",route="/register"}"#
+        ),
+        Some(6.0)
+    );
+    assert_eq!(
+        sample(
+            &registry,
+            r#"kube_acme_dns_api_requests_total{result="rate_limited",route="/register"}"#
+        ),
+        Some(3.0)
+    );
+    assert_eq!(
+        sample(
+            &registry,
+            r#"kube_acme_dns_api_request_seconds_count{route="/register"}"#
+        ),
+        Some(9.0)
+    );
+}
+
+#[tokio::test]
+async fn updates_are_counted_by_result_and_unknown_paths_are_not() {
+    let (router, registry) = router_with_metrics(MemoryStore::default(), settings());
+    let account = register(&router, "").await;
+    let ok = update(&router, &account, &update_body(&account, TXT), "192.0.2.1").await;
+    assert_eq!(ok.status, StatusCode::OK);
+    let bad = update(
+        &router,
+        &account,
+        &update_body(&account, "short"),
+        "192.0.2.1",
+    )
+    .await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    let mut stranger = account.clone();
+    stranger["password"] = Value::String("B".repeat(40));
+    let refused = update(&router, &stranger, &update_body(&account, TXT), "192.0.2.1").await;
+    assert_eq!(refused.status, StatusCode::UNAUTHORIZED);
+    call(&router, Method::GET, "/wp-login.php", &[], "", "192.0.2.1").await;
+
+    for (result, count) in [("ok", 1.0), ("bad_request", 1.0), ("forbidden", 1.0)] {
+        let series =
+            format!(r#"kube_acme_dns_api_requests_total{{result="{result}",route="/update"}}"#);
+        assert_eq!(sample(&registry, &series), Some(count), "{series}");
+    }
+    assert_eq!(
+        sample(
+            &registry,
+            r#"kube_acme_dns_api_request_seconds_count{route="/update"}"#
+        ),
+        Some(3.0)
+    );
+    let mut text = Vec::new();
+    prometheus::Encoder::encode(
+        &prometheus::TextEncoder::new(),
+        &registry.gather(),
+        &mut text,
+    )
+    .unwrap();
+    assert!(!String::from_utf8(text).unwrap().contains("wp-login"));
 }
