@@ -126,7 +126,11 @@ fn every_setting_the_chart_passes_is_one_serve_reads() {
         .find(|d| kind(d) == "Deployment")
         .expect("a Deployment");
     let pod = &deployment["spec"]["template"]["spec"];
-    let help = common::run(env!("CARGO_BIN_EXE_kube-acme-dns"), &["serve", "--help"], None);
+    let help = common::run(
+        env!("CARGO_BIN_EXE_kube-acme-dns"),
+        &["serve", "--help"],
+        None,
+    );
     let names: Vec<&str> = pod["containers"][0]["env"]
         .as_sequence()
         .expect("env")
