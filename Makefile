@@ -5,7 +5,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: run test e2e lint build generate deps tools cluster-up cluster-down cluster-env aggregation-check bench bench-dns
+.PHONY: run test e2e lint build generate deps tools cluster-up cluster-down cluster-env aggregation-check bench bench-dns bench-api
 
 ## run: start a local control plane, install the CRD and a sample account, run `serve`
 run: deps tools
@@ -57,8 +57,12 @@ aggregation-check:
 	@e2e/aggregation-check.sh
 
 ## bench: every benchmark; results go to bench/results/ with the machine and date
-bench: bench-dns
+bench: bench-dns bench-api
 
 ## bench-dns: dnsperf against our responder, Knot and BIND serving the same TXT names
 bench-dns:
 	@bench/dns.sh
+
+## bench-api: /update throughput and latency, and update→answer on two replicas (bcrypt cost 10)
+bench-api: deps tools
+	@bench/api.sh
