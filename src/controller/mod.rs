@@ -32,6 +32,7 @@ use kube::{
         Controller,
         controller::Action,
         events::{Event, EventType, Recorder, Reporter},
+        reflector::{ObjectRef, Store},
     },
 };
 use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
@@ -290,16 +291,38 @@ pub async fn run(config: ControllerConfig) {
                     if store.wait_until_ready().await.is_err() {
                         return;
                     }
-                    Controller::for_shared_stream(changes, store)
+                    let prune = prune_schedule(store.clone(), ctx.clone());
+                    let controller = Controller::for_shared_stream(changes, store)
                         .reconcile_all_on(futures::stream::once(futures::future::ready(())))
                         .run(reconcile, error_policy, ctx)
-                        .for_each(|_| futures::future::ready(()))
-                        .await
+                        .for_each(|_| futures::future::ready(()));
+                    tokio::select! {
+                        () = controller => {}
+                        () = prune => {}
+                    }
                 }
             },
             move |leading| leader.set(i64::from(leading)),
         )
         .await;
+}
+
+/// Every few minutes, forgets the delegation checks of deleted accounts (reconcile is
+/// not called for an object that is gone). Never returns.
+async fn prune_schedule(store: Store<AcmeDnsAccount>, ctx: Arc<Context>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(300));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        ctx.schedule
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|key| {
+                store
+                    .get(&ObjectRef::new(&key.name).within(&key.namespace))
+                    .is_some()
+            });
+    }
 }
 
 async fn reconcile(account: Arc<AcmeDnsAccount>, ctx: Arc<Context>) -> Result<Action, Error> {

@@ -76,9 +76,18 @@ impl DelegationSchedule {
         self.memos.get(account).map(|m| m.next_check)
     }
 
-    /// Forgets a deleted account.
-    pub fn forget(&mut self, account: &AccountKey) {
-        self.memos.remove(account);
+    /// Forgets every account for which `exists` is false (deleted accounts), so the
+    /// schedule stays as large as the set of accounts.
+    pub fn retain(&mut self, mut exists: impl FnMut(&AccountKey) -> bool) {
+        self.memos.retain(|account, _| exists(account));
+    }
+
+    pub fn len(&self) -> usize {
+        self.memos.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.memos.is_empty()
     }
 }
 
@@ -156,8 +165,24 @@ mod tests {
         let mut schedule = DelegationSchedule::default();
         let now = Instant::now();
         schedule.record(&key(), subject("example.test"), true, now);
-        schedule.forget(&key());
+        schedule.retain(|_| false);
         assert!(schedule.due(&key(), &subject("example.test"), now));
         assert_eq!(schedule.next_check(&key()), None);
+    }
+
+    #[test]
+    fn deleted_accounts_are_forgotten() {
+        let mut schedule = DelegationSchedule::default();
+        let other = AccountKey {
+            namespace: "team".into(),
+            name: "b".into(),
+        };
+        let now = Instant::now();
+        schedule.record(&key(), subject("example.test"), false, now);
+        schedule.record(&other, subject("other.test"), false, now);
+        schedule.retain(|account| *account == other);
+        assert_eq!(schedule.len(), 1);
+        assert!(schedule.next_check(&key()).is_none());
+        assert!(schedule.next_check(&other).is_some());
     }
 }
