@@ -151,3 +151,140 @@ fn every_setting_the_chart_passes_is_one_serve_reads() {
     let volumes = serde_yaml::to_string(&pod["volumes"]).unwrap();
     assert!(volumes.contains("secretName: api-cert"), "{volumes}");
 }
+
+#[test]
+fn helm_lint_is_clean() {
+    let out = common::run("helm", &["lint", "--strict", common::CHART], None);
+    assert!(out.contains("0 chart(s) failed"), "{out}");
+}
+
+#[test]
+fn bad_values_fail_at_install_naming_the_value() {
+    for (value, says) in [
+        ("replicaCount=two", "/replicaCount"),
+        ("zone=not a zone", "/zone"),
+        ("dns.service.type=Ingress", "/dns/service/type"),
+        (
+            "dns.nameserverAddresses={ns1}",
+            "/dns/nameserverAddresses/0",
+        ),
+        ("api.bcryptCost=3", "/api/bcryptCost"),
+        ("webhook.maxTxtValues=100", "/webhook/maxTxtValues"),
+        ("image.repository=", "/image/repository"),
+        ("replicas=3", "additional properties 'replicas' not allowed"),
+    ] {
+        let out = std::process::Command::new("helm")
+            .args(["template", "kad", common::CHART, "--kube-version", "1.37.2"])
+            .args(["--set", value])
+            .output()
+            .expect("run helm");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{value} was accepted");
+        assert!(
+            stderr.contains("don't meet the specifications") && stderr.contains(says),
+            "{value}: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn optional_parts_render_and_the_api_server_accepts_them() {
+    let all = documents(&common::render_chart(&[
+        "--set",
+        "api.enabled=true",
+        "--set",
+        "networkPolicy.enabled=true",
+        "--set",
+        "metrics.serviceMonitor.enabled=true",
+    ]));
+    let find = |k: &str| {
+        all.iter()
+            .find(|d| kind(d) == k)
+            .unwrap_or_else(|| panic!("a {k}"))
+    };
+    let pdb = find("PodDisruptionBudget");
+    assert_eq!(pdb["spec"]["maxUnavailable"].as_i64(), Some(1));
+    // Every port the pod serves is admitted by the NetworkPolicy, and only those.
+    let policy = serde_yaml::to_string(&find("NetworkPolicy")["spec"]["ingress"]).unwrap();
+    for port in ["dns-udp", "dns-tcp", "webhook", "api", "metrics"] {
+        assert!(
+            policy.contains(&format!("port: {port}")),
+            "{port}: {policy}"
+        );
+    }
+    let monitor = find("ServiceMonitor");
+    assert_eq!(
+        monitor["spec"]["endpoints"][0]["port"].as_str(),
+        Some("metrics")
+    );
+    let pod = &find("Deployment")["spec"]["template"]["spec"];
+    assert_eq!(
+        pod["topologySpreadConstraints"][0]["topologyKey"].as_str(),
+        Some("kubernetes.io/hostname")
+    );
+
+    // The API server takes all but the ServiceMonitor (its CRD is the Prometheus
+    // Operator's) and cert-manager's kinds.
+    common::apply_namespace(common::RELEASE_NAMESPACE);
+    let manifests: Vec<String> = all
+        .iter()
+        .filter(|d| !is_cert_manager_kind(d) && kind(d) != "ServiceMonitor")
+        .map(|d| serde_yaml::to_string(d).unwrap())
+        .collect();
+    let applied = common::run(
+        "kubectl",
+        &["apply", "--dry-run=server", "-f", "-"],
+        Some(&manifests.join("---\n")),
+    );
+    for object in [
+        "poddisruptionbudget.policy/kad-kube-acme-dns",
+        "networkpolicy.networking.k8s.io/kad-kube-acme-dns",
+        "service/kad-kube-acme-dns-metrics",
+    ] {
+        assert!(applied.contains(object), "{object}: {applied}");
+    }
+
+    // One replica: no budget that would block every drain.
+    let single = documents(&common::render_chart(&["--set", "replicaCount=1"]));
+    assert!(!single.iter().any(|d| kind(d) == "PodDisruptionBudget"));
+}
+
+#[test]
+fn install_notes_say_what_to_publish_at_the_parent_zone() {
+    // Without the webhook, nothing of cert-manager's is needed for a client-side dry run.
+    let out = common::run(
+        "helm",
+        &[
+            "install",
+            "notes",
+            common::CHART,
+            "--dry-run=client",
+            "--namespace",
+            common::RELEASE_NAMESPACE,
+            "--set",
+            "zone=auth.example.org",
+            "--set",
+            "webhook.enabled=false",
+            "--set",
+            "dns.nameserverAddresses={203.0.113.53,2001:db8::53}",
+        ],
+        None,
+    );
+    let notes = out.split_once("NOTES:").expect("NOTES in the output").1;
+    for line in [
+        "auth.example.org.  NS  ns.auth.example.org.",
+        "ns.auth.example.org.  A  203.0.113.53",
+        "ns.auth.example.org.  AAAA  2001:db8::53",
+        "kubectl -n kube-acme-dns get service notes-kube-acme-dns-dns",
+        "_acme-challenge.example.com.  CNAME  <status.fqdn>.",
+    ] {
+        assert!(
+            notes.contains(line),
+            "{line:?} missing from NOTES:\n{notes}"
+        );
+    }
+    assert!(
+        !notes.contains("groupName"),
+        "no webhook steps when it is off"
+    );
+}
