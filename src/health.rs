@@ -22,6 +22,8 @@ use crate::{
 #[derive(Clone)]
 pub struct Health {
     synced: Arc<AtomicBool>,
+    /// Set at shutdown: not ready any more, while still serving.
+    draining: Arc<AtomicBool>,
     registry: Registry,
     index: Arc<AccountIndex>,
     accounts: IntGauge,
@@ -39,6 +41,7 @@ impl Health {
         };
         Ok(Self {
             synced: Arc::new(AtomicBool::new(false)),
+            draining: Arc::new(AtomicBool::new(false)),
             accounts: gauge(
                 "kube_acme_dns_accounts",
                 "AcmeDnsAccounts known to this replica",
@@ -62,6 +65,12 @@ impl Health {
         self.index_synced.set(1);
         self.synced.swap(true, Ordering::SeqCst)
     }
+
+    /// From now on `/readyz` says not ready, so the endpoints drop this replica while
+    /// it still answers.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
 }
 
 /// Binds the endpoint and returns the future serving it until `shutdown`.
@@ -83,7 +92,9 @@ pub async fn serve(
 }
 
 async fn readyz(State(health): State<Health>) -> impl IntoResponse {
-    if health.synced.load(Ordering::SeqCst) {
+    if health.draining.load(Ordering::SeqCst) {
+        (StatusCode::SERVICE_UNAVAILABLE, "shutting down")
+    } else if health.synced.load(Ordering::SeqCst) {
         (StatusCode::OK, "ready")
     } else {
         (

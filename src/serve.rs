@@ -83,6 +83,13 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub api: ApiArgs,
 
+    /// Seconds between SIGTERM and stopping: /readyz fails at once, so the Service's
+    /// endpoints drop this replica, while DNS and every HTTP server keep answering
+    /// until the change has reached every node. Then in-flight work drains and the
+    /// process exits. Keep it below the pod's terminationGracePeriodSeconds minus 25.
+    #[arg(long, env = "KUBE_ACME_DNS_SHUTDOWN_DELAY", default_value_t = 0)]
+    pub shutdown_delay: u64,
+
     /// This replica's name in the leader election Lease and in Events. Defaults to the
     /// pod name (POD_NAME or HOSTNAME) with a random suffix.
     #[arg(long, env = "KUBE_ACME_DNS_IDENTITY")]
@@ -320,7 +327,14 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             Ok(()) => anyhow::anyhow!("the AcmeDnsAccount watch ended, which it never should"),
             Err(e) => anyhow::anyhow!("the AcmeDnsAccount watch panicked: {e}"),
         }),
-        () = health::shutdown_signal() => Ok(()),
+        () = async {
+            health::shutdown_signal().await;
+            if args.shutdown_delay > 0 {
+                health.start_draining();
+                info!(seconds = args.shutdown_delay, "shutting down: not ready, still answering until the endpoints have dropped this replica");
+                tokio::time::sleep(std::time::Duration::from_secs(args.shutdown_delay)).await;
+            }
+        } => Ok(()),
     };
     stop.store(true, Ordering::Relaxed);
     shutdown.cancel();

@@ -106,3 +106,54 @@ async fn api_registering_outside_the_watched_namespace_fails_before_anything_sta
         "{stderr}"
     );
 }
+
+#[tokio::test]
+async fn at_sigterm_it_stops_being_ready_but_answers_until_the_delay_is_over() {
+    let client = common::client().await;
+    common::install_crd(&client).await;
+    let namespace = common::create_namespace(&client, "drain").await;
+    let mut serve = common::spawn_serve(
+        &namespace,
+        &namespace,
+        &["--roles", "dns", "--shutdown-delay", "3"],
+    );
+    common::wait_ready(&serve).await;
+    let pid = serve.child.id().expect("running") as libc::pid_t;
+    // SAFETY: signalling the child this test started.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let signalled = std::time::Instant::now();
+    common::eventually("/readyz failing", Duration::from_secs(2), || async {
+        let (code, body) = common::http_get(serve.metrics, "/readyz").await?;
+        (code == 503 && body == "shutting down").then_some(())
+    })
+    .await;
+    // Still answering DNS, over UDP and TCP, and still alive, during the delay.
+    assert!(common::dns::answers_soa(
+        serve.dns,
+        "auth.example.test.",
+        false
+    ));
+    let over_tcp = common::dns::tcp(
+        serve.dns,
+        &common::dns::query(
+            "auth.example.test.",
+            hickory_proto::rr::RecordType::SOA,
+            false,
+            None,
+        ),
+        common::dns::TIMEOUT,
+    );
+    assert!(over_tcp.is_ok(), "{over_tcp:?}");
+    assert!(
+        signalled.elapsed() < Duration::from_secs(3),
+        "checked within the delay"
+    );
+    assert!(serve.child.try_wait().unwrap().is_none());
+    // Then it exits cleanly, soon after the delay.
+    let status = tokio::time::timeout(Duration::from_secs(15), serve.child.wait())
+        .await
+        .expect("exited after the delay")
+        .unwrap();
+    assert!(status.success(), "{status}");
+    assert!(signalled.elapsed() >= Duration::from_secs(3));
+}
