@@ -5,7 +5,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: run test e2e lint build generate deps tools cluster-up cluster-down cluster-env aggregation-check bench bench-dns bench-api
+.PHONY: run test e2e e2e-kind lint build generate deps tools cluster-up cluster-down cluster-env aggregation-check bench bench-dns bench-api
 
 ## run: start a local control plane, install the CRD and a sample account, run `serve`
 run: deps tools
@@ -19,6 +19,11 @@ test: deps tools
 ## DNS01 conformance suite, the webhook through the aggregation layer (all part of `make test`)
 e2e: deps tools
 	@e2e/test.sh --test issuance --test conformance --test webhook
+
+## e2e-kind: on a host with Docker, kind and helm: the image, cert-manager, the chart, Pebble
+## and a resolver in a kind cluster, and a Certificate for a name and its wildcard to Ready
+e2e-kind:
+	@e2e/kind/run.sh
 
 ## lint: rustfmt and clippy, warnings are errors
 lint:

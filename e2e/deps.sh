@@ -11,6 +11,7 @@ PACKAGES=(
   knot-dnsutils    # kdig
   knot             # the user's zone in delegation tests
   unbound          # the recursive resolver of the issuance test
+  shellcheck       # the scripts' lint (tests/kind_flow.rs)
 )
 
 say() { printf '[deps] %s\n' "$*" >&2; }

@@ -43,6 +43,7 @@ ensure_debian_packages() {
 
 # Where built tools are cached, so a second run, or a fresh clone on this machine, reuses them.
 KAD_CACHE=${XDG_CACHE_HOME:-$HOME/.cache}/kube-acme-dns
+# shellcheck disable=SC2034 # used by the scripts that source this file
 KAD_CACHE_BIN=$KAD_CACHE/bin
 
 # Prints a port on 127.0.0.1 that is free for both UDP and TCP right now.
