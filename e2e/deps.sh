@@ -11,6 +11,7 @@ PACKAGES=(
   knot-dnsutils    # kdig
   knot             # the user's zone in delegation tests
   unbound          # the recursive resolver of the issuance test
+  postgresql       # an acme-dns PostgreSQL database for the import test (started by the test)
 )
 
 say() { printf '[deps] %s\n' "$*" >&2; }

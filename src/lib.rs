@@ -10,6 +10,7 @@ pub mod controller;
 pub mod dns;
 pub mod health;
 pub mod http;
+pub mod import;
 pub mod index;
 pub mod serve;
 pub mod telemetry;
