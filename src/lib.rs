@@ -7,6 +7,7 @@ pub mod api;
 pub mod apiserver;
 pub mod compat;
 pub mod controller;
+pub mod credentials;
 pub mod dns;
 pub mod health;
 pub mod http;
