@@ -550,6 +550,61 @@ async fn dry_run_output_applied_with_kubectl_is_owned_by_the_next_import() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+#[tokio::test]
+async fn an_account_made_by_hand_for_the_subdomain_gets_the_credentials() {
+    let client = common::client().await;
+    common::install_crd(&client).await;
+    let namespace = common::create_namespace(&client, "import-by-hand").await;
+    let dir = temp_dir("acme-dns-by-hand");
+    let old = [OldAccount::new("[]")];
+    let db = dir.join("acme-dns.db");
+    sqlite_database(&db, &old);
+
+    // As the migration guide once said: an account pinning the acme-dns subdomain.
+    let accounts: Api<AcmeDnsAccount> = Api::namespaced(client.clone(), &namespace);
+    let mut by_hand = AcmeDnsAccount::new(
+        "example-com",
+        AcmeDnsAccountSpec {
+            subdomain: Some(DnsLabel(old[0].subdomain.clone())),
+            ..Default::default()
+        },
+    );
+    by_hand.metadata.namespace = Some(namespace.clone());
+    let by_hand = accounts
+        .create(&PostParams::default(), &by_hand)
+        .await
+        .unwrap();
+
+    let (ok, stdout, stderr) = import(&["--sqlite", db.to_str().unwrap(), "-n", &namespace]);
+    assert!(ok, "{stdout}{stderr}");
+    assert!(
+        stdout.contains(&format!(
+            "created Secret {namespace}/example-com-credentials for the existing AcmeDnsAccount \
+             {namespace}/example-com"
+        )),
+        "{stdout}"
+    );
+    // No second account for the same subdomain, which the controller would refuse.
+    assert_eq!(
+        accounts
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .len(),
+        1
+    );
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &namespace);
+    let secret = secrets.get("example-com-credentials").await.unwrap();
+    assert_eq!(secret.owner_references()[0].uid, by_hand.uid().unwrap());
+    assert_eq!(secret.labels()["acmedns.io/account"], "example-com");
+    assert_eq!(
+        secret.data.unwrap()["username"].0,
+        old[0].username.as_bytes()
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 #[test]
 fn unreadable_sources_say_what_is_wrong() {
     let dir = temp_dir("acme-dns-errors");
