@@ -389,7 +389,13 @@ async fn postgres_import_skips_bad_rows_by_name_and_a_rerun_completes_the_rest()
     db.execute("DELETE FROM records WHERE username = $1", &[&broken])
         .await
         .unwrap();
-    let (ok, stdout, stderr) = import(&["--postgres", &connection, "--namespace", &namespace]);
+    // The same database named by URL, as many configs write it.
+    let url = format!(
+        "postgres://{}@127.0.0.1:{}/acmedns",
+        common::postgres::USER,
+        postgres.port
+    );
+    let (ok, stdout, stderr) = import(&["--postgres", &url, "--namespace", &namespace]);
     assert!(ok, "{stdout}{stderr}");
     assert!(
         stdout.contains("0 created or completed, 2 unchanged, 0 failed, 0 skipped"),
