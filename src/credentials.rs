@@ -21,6 +21,34 @@ use crate::{
     },
 };
 
+/// What the controller has made of an account, as far as a client is concerned.
+enum Served {
+    /// Served under this label.
+    Under(String),
+    /// Refused, for the reason in its Ready condition.
+    Refused(String),
+    /// Not reconciled yet.
+    NotYet,
+}
+
+fn served(account: &AcmeDnsAccount) -> Served {
+    let status = account.status.clone().unwrap_or_default();
+    if let Some(subdomain) = status.subdomain {
+        return Served::Under(subdomain.0);
+    }
+    // Only a verdict on the current spec counts.
+    let refused = status.conditions.iter().find(|c| {
+        c.type_ == "Ready"
+            && c.status == "False"
+            && matches!(c.reason.as_str(), "SubdomainTaken" | "SubdomainReserved")
+            && c.observed_generation == account.metadata.generation
+    });
+    match refused {
+        Some(condition) => Served::Refused(condition.message.clone()),
+        None => Served::NotYet,
+    }
+}
+
 #[derive(clap::Args, Debug)]
 pub struct CredentialsArgs {
     /// The AcmeDnsAccount to make credentials for.
@@ -60,8 +88,8 @@ pub async fn run(args: CredentialsArgs) -> anyhow::Result<()> {
     let name = &args.account;
     let accounts: Api<AcmeDnsAccount> = Api::namespaced(client.clone(), &namespace);
 
-    // The subdomain comes from the controller (or is pinned); a client cannot use
-    // credentials without it, so wait briefly for a new account.
+    // The subdomain is the one the controller serves the account under; a client cannot
+    // use credentials without it, so wait briefly for a new account.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(args.wait);
     let (account, subdomain) = loop {
         let account = accounts
@@ -74,25 +102,36 @@ pub async fn run(args: CredentialsArgs) -> anyhow::Result<()> {
                      (kubectl get acmedns -n {namespace} lists the existing ones)"
                 )
             })?;
-        let subdomain = account
-            .status
-            .as_ref()
-            .and_then(|s| s.subdomain.as_ref())
-            .or(account.spec.subdomain.as_ref())
-            .map(|s| s.0.clone());
-        if let Some(subdomain) = subdomain {
-            break (account, subdomain);
+        match served(&account) {
+            Served::Under(subdomain) => break (account, subdomain),
+            Served::Refused(why) => bail!(
+                "AcmeDnsAccount {namespace}/{name} is not served, so credentials would not \
+                 work: {why}"
+            ),
+            Served::NotYet if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Served::NotYet => match account.spec.subdomain.clone() {
+                // Pinned: that is the name it will be served under once the controller
+                // gets to it.
+                Some(pinned) => {
+                    eprintln!(
+                        "note: the controller has not confirmed subdomain {} of \
+                         {namespace}/{name} yet; check that kube-acme-dns runs with the \
+                         controller role and watches {namespace}",
+                        pinned.0
+                    );
+                    break (account, pinned.0);
+                }
+                None => bail!(
+                    "AcmeDnsAccount {namespace}/{name} has no subdomain after {} s: the \
+                     controller assigns it. Check that kube-acme-dns runs with the controller \
+                     role and watches {namespace} (kubectl describe acmedns -n {namespace} \
+                     {name} shows its conditions and Events)",
+                    args.wait
+                ),
+            },
         }
-        if tokio::time::Instant::now() >= deadline {
-            bail!(
-                "AcmeDnsAccount {namespace}/{name} has no subdomain after {} s: the controller \
-                 assigns it. Check that kube-acme-dns runs with the controller role and watches \
-                 {namespace} (kubectl describe acmedns -n {namespace} {name} shows its \
-                 conditions and Events)",
-                args.wait
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
     };
 
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &namespace);

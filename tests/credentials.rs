@@ -9,7 +9,7 @@ use kube::{Api, api::PostParams};
 use serde_json::Value;
 
 use common::acme_api::{TXT, update};
-use kube_acme_dns::api::{AcmeDnsAccount, AcmeDnsAccountSpec, Cidr, DomainName};
+use kube_acme_dns::api::{AcmeDnsAccount, AcmeDnsAccountSpec, Cidr, DnsLabel, DomainName};
 
 /// Runs `credentials` with `args`; returns (success, stdout, stderr).
 fn credentials(args: &[&str]) -> (bool, String, String) {
@@ -111,6 +111,23 @@ async fn credentials_for_a_kubectl_account_work_and_rotate_retires_the_old_key()
         || async { (update(api, username, key, &subdomain, TXT, None).0 == 401).then_some(()) },
     )
     .await;
+    // An account the controller refuses (its pinned label is taken) gets no credentials.
+    create_account(
+        &namespace,
+        "duplicate",
+        AcmeDnsAccountSpec {
+            subdomain: Some(DnsLabel(subdomain.clone())),
+            ..Default::default()
+        },
+    )
+    .await;
+    let (ok, stdout, stderr) = credentials(&["--namespace", &namespace, "duplicate"]);
+    assert!(!ok && stdout.is_empty(), "{stdout}");
+    assert!(
+        stderr.contains("is not served") && stderr.contains("already belongs to"),
+        "{stderr}"
+    );
+
     let other = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
     let (code, body) = update(api, new_username, new_key, &subdomain, other, None);
     assert_eq!(code, 200, "{body}");
@@ -125,7 +142,8 @@ async fn credentials_for_a_kubectl_account_work_and_rotate_retires_the_old_key()
 async fn credentials_without_a_controller_fail_saying_to_check_it() {
     let client = common::client().await;
     common::install_crd(&client).await;
-    // No serve watches this namespace, so no subdomain is ever assigned.
+    // No serve watches this namespace, so no subdomain is ever assigned (test binaries
+    // run one at a time, and this file's other serve watches its own namespace only).
     let namespace = common::create_namespace(&client, "credentials-idle").await;
     create_account(&namespace, "idle", AcmeDnsAccountSpec::default()).await;
     let (ok, _, stderr) = credentials(&["--namespace", &namespace, "idle", "--wait", "1"]);
