@@ -608,6 +608,17 @@ async fn an_account_made_by_hand_for_the_subdomain_gets_the_credentials() {
         secret.data.unwrap()["username"].0,
         old[0].username.as_bytes()
     );
+
+    // A namespace that does not exist stops the run at once, saying to create it.
+    let missing = common::unique_name("no-such-namespace");
+    let (ok, stdout, stderr) = import(&["--sqlite", db.to_str().unwrap(), "-n", &missing]);
+    assert!(!ok, "{stdout}");
+    assert!(
+        stderr.contains(&format!(
+            "namespace {missing} does not exist: create it (kubectl create namespace {missing})"
+        )),
+        "{stderr}"
+    );
     let _ = std::fs::remove_dir_all(dir);
 }
 

@@ -107,6 +107,11 @@ pub enum ImportError {
          left as it is. Delete it and import again to bring back the database's key"
     )]
     KeyConflict { secret: String, username: String },
+    #[error(
+        "namespace {0} does not exist: create it (kubectl create namespace {0}) or pass the \
+         --namespace the acme-dns API serves"
+    )]
+    NoNamespace(String),
     #[error("{what}: {reason}")]
     Api { what: String, reason: String },
 }
@@ -118,12 +123,19 @@ fn api_error(what: String, error: kube::Error) -> ImportError {
              in this namespace",
             status.message
         ),
-        kube::Error::Api(status)
-            if status.code == 404 && status.message.contains("acmednsaccounts") =>
-        {
-            "the AcmeDnsAccount CRD is not installed: `kube-acme-dns crd | kubectl apply -f -` \
-             (or install the Helm chart) first"
-                .to_string()
+        kube::Error::Api(status) if status.code == 404 && status.reason == "NotFound" => {
+            match status.details.as_ref().map(|d| d.kind.as_str()) {
+                Some("namespaces") => {
+                    return ImportError::NoNamespace(
+                        status
+                            .details
+                            .as_ref()
+                            .map(|d| d.name.clone())
+                            .unwrap_or_default(),
+                    );
+                }
+                _ => status.message.clone(),
+            }
         }
         _ => error.to_string(),
     };
@@ -136,11 +148,20 @@ pub async fn existing_accounts(
     namespace: &str,
 ) -> Result<Vec<AcmeDnsAccount>, ImportError> {
     let accounts: Api<AcmeDnsAccount> = Api::namespaced(client.clone(), namespace);
-    accounts
-        .list(&Default::default())
-        .await
-        .map(|list| list.items)
-        .map_err(|e| api_error(format!("cannot list AcmeDnsAccounts in {namespace}"), e))
+    match accounts.list(&Default::default()).await {
+        Ok(list) => Ok(list.items),
+        // The resource itself is unknown: listing never answers 404 otherwise.
+        Err(kube::Error::Api(status)) if status.code == 404 => Err(ImportError::Api {
+            what: format!("cannot list AcmeDnsAccounts in {namespace}"),
+            reason: "the AcmeDnsAccount CRD is not installed: `kube-acme-dns crd | kubectl \
+                     apply -f -` (or install the Helm chart) first"
+                .to_string(),
+        }),
+        Err(e) => Err(api_error(
+            format!("cannot list AcmeDnsAccounts in {namespace}"),
+            e,
+        )),
+    }
 }
 
 fn serves(account: &AcmeDnsAccount, subdomain: &str) -> bool {

@@ -179,6 +179,8 @@ pub async fn run(args: ImportArgs) -> anyhow::Result<()> {
                     )?;
                 }
             }
+            // Every other account would fail the same way.
+            Err(e @ apply::ImportError::NoNamespace(_)) => return Err(e.into()),
             Err(e) => {
                 failed += 1;
                 writeln!(report, "failed {who}: {e}")?;
@@ -191,6 +193,13 @@ pub async fn run(args: ImportArgs) -> anyhow::Result<()> {
          unchanged, {failed} failed, {} skipped",
         bad.len()
     )?;
+    if changed > 0 {
+        writeln!(
+            report,
+            "the controller now assigns each new account its subdomain: `kubectl get acmedns -n \
+             {namespace}` shows READY True for each one served"
+        )?;
+    }
     if failed + bad.len() > 0 {
         bail!(
             "{} of {} acme-dns accounts were not imported (see above); what was imported stays, \
