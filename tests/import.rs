@@ -553,6 +553,28 @@ async fn dry_run_output_applied_with_kubectl_is_owned_by_the_next_import() {
     );
     let (ok, stdout, _) = import(&["--sqlite", db, "--namespace", &namespace]);
     assert!(ok && stdout.contains("1 unchanged"), "{stdout}");
+
+    // An allowFrom edited in the cluster since is kept, and the difference is reported.
+    let edit = serde_json::json!({"spec": {"allowFrom": ["10.2.0.0/16"]}});
+    let edited = accounts
+        .patch(
+            &old[0].subdomain,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&edit),
+        )
+        .await
+        .unwrap();
+    let (ok, stdout, _) = import(&["--sqlite", db, "--namespace", &namespace]);
+    assert!(ok, "{stdout}");
+    assert!(
+        stdout.contains(
+            "the account's allowFrom [10.2.0.0/16] differs from the database's [10.1.0.0/16] \
+             and is left as it is"
+        ),
+        "{stdout}"
+    );
+    let after = accounts.get(&old[0].subdomain).await.unwrap();
+    assert_eq!(after.resource_version(), edited.resource_version());
     let _ = std::fs::remove_dir_all(dir);
 }
 

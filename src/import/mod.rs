@@ -105,28 +105,7 @@ pub async fn run(args: ImportArgs) -> anyhow::Result<()> {
                 .map(|c| c.default_namespace)
                 .unwrap_or_else(|_| "default".into()),
         };
-        let mut out = std::io::stdout().lock();
-        for record in &records {
-            for note in &record.notes {
-                writeln!(report, "note: account {}: {note}", record.username)?;
-            }
-            let account = apply::account(&namespace, record);
-            let secret = credential_secret(
-                &namespace,
-                &account.name_any(),
-                None,
-                &record.username,
-                &record.key_hash,
-            );
-            write!(out, "---\n{}", serde_yaml::to_string(&account)?)?;
-            write!(out, "---\n{}", serde_yaml::to_string(&secret)?)?;
-        }
-        writeln!(
-            report,
-            "dry run: printed {} accounts and their credential Secrets for namespace {namespace}; \
-             nothing was created",
-            records.len()
-        )?;
+        print_manifests(&namespace, &records, &mut report)?;
         if !bad.is_empty() {
             bail!(
                 "{} of {} rows cannot be imported (see above)",
@@ -144,9 +123,73 @@ pub async fn run(args: ImportArgs) -> anyhow::Result<()> {
         .namespace
         .clone()
         .unwrap_or_else(|| client.default_namespace().to_string());
-    let mut existing = apply::existing_accounts(&client, &namespace).await?;
+    let (changed, unchanged, failed) =
+        import_all(&client, &namespace, &records, &mut report).await?;
+    writeln!(
+        report,
+        "imported into namespace {namespace}: {changed} created or completed, {unchanged} \
+         unchanged, {failed} failed, {} skipped",
+        bad.len()
+    )?;
+    if changed > 0 {
+        writeln!(
+            report,
+            "the controller now assigns each new account its subdomain: `kubectl get acmedns -n \
+             {namespace}` shows READY True for each one served"
+        )?;
+    }
+    if failed + bad.len() > 0 {
+        bail!(
+            "{} of {} acme-dns accounts were not imported (see above); what was imported stays, \
+             and running the import again after fixing the cause completes the rest",
+            failed + bad.len(),
+            rows.len()
+        );
+    }
+    Ok(())
+}
+
+/// `--dry-run`: every account and its Secret as YAML on stdout, notes on `report`.
+fn print_manifests(
+    namespace: &str,
+    records: &[Record],
+    report: &mut dyn Write,
+) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    for record in records {
+        for note in &record.notes {
+            writeln!(report, "note: account {}: {note}", record.username)?;
+        }
+        let account = apply::account(namespace, record);
+        let secret = credential_secret(
+            namespace,
+            &account.name_any(),
+            None,
+            &record.username,
+            &record.key_hash,
+        );
+        write!(out, "---\n{}", serde_yaml::to_string(&account)?)?;
+        write!(out, "---\n{}", serde_yaml::to_string(&secret)?)?;
+    }
+    writeln!(
+        report,
+        "dry run: printed {} accounts and their credential Secrets for namespace {namespace}; \
+         nothing was created",
+        records.len()
+    )?;
+    Ok(())
+}
+
+/// Imports every record, reporting each; returns (changed, unchanged, failed).
+async fn import_all(
+    client: &kube::Client,
+    namespace: &str,
+    records: &[Record],
+    report: &mut dyn Write,
+) -> anyhow::Result<(usize, usize, usize)> {
+    let mut existing = apply::existing_accounts(client, namespace).await?;
     let (mut changed, mut unchanged, mut failed) = (0, 0, 0);
-    for record in &records {
+    for record in records {
         let who = format!(
             "account {} (subdomain {})",
             record.username, record.subdomain
@@ -158,7 +201,7 @@ pub async fn run(args: ImportArgs) -> anyhow::Result<()> {
             .iter()
             .find(|a| a.spec.subdomain.as_ref().map(|s| s.0.as_str()) == Some(&record.subdomain))
             .map(|a| a.spec.allow_from.clone());
-        match apply::import(&client, &namespace, &mut existing, record).await {
+        match apply::import(client, namespace, &mut existing, record).await {
             Ok(outcome) => {
                 if outcome.changed() {
                     changed += 1;
@@ -187,26 +230,5 @@ pub async fn run(args: ImportArgs) -> anyhow::Result<()> {
             }
         }
     }
-    writeln!(
-        report,
-        "imported into namespace {namespace}: {changed} created or completed, {unchanged} \
-         unchanged, {failed} failed, {} skipped",
-        bad.len()
-    )?;
-    if changed > 0 {
-        writeln!(
-            report,
-            "the controller now assigns each new account its subdomain: `kubectl get acmedns -n \
-             {namespace}` shows READY True for each one served"
-        )?;
-    }
-    if failed + bad.len() > 0 {
-        bail!(
-            "{} of {} acme-dns accounts were not imported (see above); what was imported stays, \
-             and running the import again after fixing the cause completes the rest",
-            failed + bad.len(),
-            rows.len()
-        );
-    }
-    Ok(())
+    Ok((changed, unchanged, failed))
 }
