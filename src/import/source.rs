@@ -269,6 +269,19 @@ mod tests {
         assert_eq!(select(&columns(&["username", "subdomain"]), ""), None);
     }
 
+    #[tokio::test]
+    async fn sslmode_require_and_malformed_strings_are_refused_before_connecting() {
+        let tls = Source::Postgres("host=db.invalid sslmode=require".into());
+        assert!(matches!(tls.rows().await, Err(SourceError::TlsRequired)));
+        let bad = Source::Postgres("host=db.invalid port=eighty".into());
+        let error = bad.rows().await.unwrap_err();
+        assert!(
+            matches!(error, SourceError::BadConnectionString(_)),
+            "{error}"
+        );
+        assert!(error.to_string().contains("postgres://"), "{error}");
+    }
+
     #[test]
     fn the_target_in_messages_never_carries_the_password() {
         let source = Source::Postgres(
