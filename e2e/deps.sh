@@ -12,6 +12,7 @@ PACKAGES=(
   knot             # the user's zone in delegation tests
   unbound          # the recursive resolver of the issuance test
   shellcheck       # the scripts' lint (tests/kind_flow.rs)
+  postgresql       # an acme-dns PostgreSQL database for the import test (started by the test)
 )
 
 say() { printf '[deps] %s\n' "$*" >&2; }

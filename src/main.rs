@@ -1,6 +1,6 @@
 use clap::{Parser, Subcommand};
 
-use kube_acme_dns::{api, serve, telemetry};
+use kube_acme_dns::{api, credentials, import, serve, telemetry};
 
 /// Kubernetes-native ACME-DNS: authoritative DNS for ACME DNS-01 challenges, fed by
 /// AcmeDnsAccount custom resources.
@@ -17,6 +17,12 @@ enum Command {
     Serve(Box<serve::ServeArgs>),
     /// Print the CustomResourceDefinition YAML generated from the Rust types.
     Crd,
+    /// Create an AcmeDnsAccount and credential Secret for each account of an acme-dns
+    /// database (SQLite or PostgreSQL), keeping subdomains, usernames and keys.
+    ImportAcmeDns(import::ImportArgs),
+    /// Make acme-dns API credentials for an AcmeDnsAccount created with kubectl and print
+    /// them as `/register` would.
+    Credentials(credentials::CredentialsArgs),
 }
 
 #[tokio::main]
@@ -27,6 +33,8 @@ async fn main() -> anyhow::Result<()> {
             print!("{}", api::crd_yaml());
             Ok(())
         }
+        Command::ImportAcmeDns(args) => import::run(args).await,
+        Command::Credentials(args) => credentials::run(args).await,
         Command::Serve(args) => {
             telemetry::init();
             serve::run(*args).await

@@ -37,6 +37,64 @@ pub const ACCOUNT_LABEL: &str = "acmedns.io/account";
 /// How long `/register` waits for the watches to deliver the new account.
 const WATCH_DELIVERY: Duration = Duration::from_secs(5);
 
+/// The name of an account's credential Secret.
+pub fn credential_secret_name(account_name: &str) -> String {
+    format!("{account_name}-credentials")
+}
+
+/// The owner reference that makes an account's credential Secret go with the account.
+pub fn account_owner(account_name: &str, account_uid: &str) -> OwnerReference {
+    OwnerReference {
+        api_version: AcmeDnsAccount::api_version(&()).into_owned(),
+        kind: AcmeDnsAccount::kind(&()).into_owned(),
+        name: account_name.to_string(),
+        uid: account_uid.to_string(),
+        ..Default::default()
+    }
+}
+
+/// The credential Secret of an account, as `/register`, `import-acme-dns` and
+/// `credentials` write it: the username and the bcrypt hash of the key, labelled for the
+/// credential watch, owned by the account when its uid is known (`None` only for
+/// manifests printed before the account exists).
+pub fn credential_secret(
+    namespace: &str,
+    account_name: &str,
+    account_uid: Option<&str>,
+    username: &str,
+    key_hash: &str,
+) -> Secret {
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(credential_secret_name(account_name)),
+            namespace: Some(namespace.to_string()),
+            labels: Some(
+                [
+                    (CREDENTIALS_LABEL.to_string(), "true".to_string()),
+                    (ACCOUNT_LABEL.to_string(), account_name.to_string()),
+                ]
+                .into(),
+            ),
+            owner_references: account_uid.map(|uid| vec![account_owner(account_name, uid)]),
+            ..Default::default()
+        },
+        data: Some(
+            [
+                (
+                    USERNAME_KEY.to_string(),
+                    ByteString(username.as_bytes().to_vec()),
+                ),
+                (
+                    KEY_HASH_KEY.to_string(),
+                    ByteString(key_hash.as_bytes().to_vec()),
+                ),
+            ]
+            .into(),
+        ),
+        ..Default::default()
+    }
+}
+
 /// Username → (account, bcrypt hash), from the credential Secrets.
 #[derive(Clone, Default)]
 pub struct CredentialIndex {
@@ -209,42 +267,13 @@ impl AccountStore for KubeStore {
                 )
             })?;
 
-        let owner = OwnerReference {
-            api_version: AcmeDnsAccount::api_version(&()).into_owned(),
-            kind: AcmeDnsAccount::kind(&()).into_owned(),
-            name: created.name_any(),
-            uid: created.uid().unwrap_or_default(),
-            ..Default::default()
-        };
-        let secret = Secret {
-            metadata: ObjectMeta {
-                name: Some(format!("{subdomain}-credentials")),
-                namespace: Some(self.namespace.clone()),
-                labels: Some(
-                    [
-                        (CREDENTIALS_LABEL.to_string(), "true".to_string()),
-                        (ACCOUNT_LABEL.to_string(), created.name_any()),
-                    ]
-                    .into(),
-                ),
-                owner_references: Some(vec![owner]),
-                ..Default::default()
-            },
-            data: Some(
-                [
-                    (
-                        USERNAME_KEY.to_string(),
-                        ByteString(username.as_bytes().to_vec()),
-                    ),
-                    (
-                        KEY_HASH_KEY.to_string(),
-                        ByteString(key_hash.as_bytes().to_vec()),
-                    ),
-                ]
-                .into(),
-            ),
-            ..Default::default()
-        };
+        let secret = credential_secret(
+            &self.namespace,
+            &created.name_any(),
+            created.uid().as_deref(),
+            username,
+            key_hash,
+        );
         let secrets: Api<Secret> = Api::namespaced(self.client.clone(), &self.namespace);
         if let Err(e) = secrets.create(&PostParams::default(), &secret).await {
             // Nothing half-made is left behind: without credentials the account is useless.

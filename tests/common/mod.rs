@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod acme_api;
 pub mod aggregation;
 pub mod daemon;
 pub mod dns;
@@ -10,6 +11,7 @@ pub mod https;
 pub mod knot;
 pub mod pebble;
 pub mod pki;
+pub mod postgres;
 pub mod unbound;
 
 use std::time::Duration;
