@@ -4,6 +4,8 @@
 #![allow(dead_code)]
 
 pub mod aggregation;
+pub mod cert_manager;
+pub mod certificate;
 pub mod daemon;
 pub mod dns;
 pub mod https;
