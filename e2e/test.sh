@@ -33,10 +33,11 @@ if ! cargo fmt --check || ! cargo clippy --quiet --all-targets -- -D warnings; t
   exit 1
 fi
 
-say "building cert-manager's controllers, Pebble and cert-manager's conformance suite (Go; first time only, a few minutes)"
+say "building cert-manager's controllers, Pebble, cert-manager's conformance suite and lego (Go; first time only, a few minutes)"
 e2e/cert-manager/build.sh
 e2e/pebble.sh build
 e2e/conformance/build.sh
+e2e/tools.sh lego
 
 say "building the tests"
 cargo test --no-run --quiet 2>&1 | grep -v '^\s*Executable' >&2 || true

@@ -3,13 +3,14 @@
 # proxy, and caches each binary by version so a second run (or a fresh clone on the
 # same machine) reuses it.
 #
-#   e2e/tools.sh [etcd|kube-apiserver|kubectl|helm|all]   prints nothing but progress
-#   e2e/tools.sh path NAME                                 prints the cached binary path
+#   e2e/tools.sh [etcd|kube-apiserver|kubectl|helm|lego|all]   prints nothing but progress
+#   e2e/tools.sh path NAME                                      prints the cached binary path
 set -euo pipefail
 
 ETCD_VERSION=${ETCD_VERSION:-v3.6.16}
 KUBE_VERSION=${KUBE_VERSION:-v1.37.2}
 HELM_VERSION=${HELM_VERSION:-v3.22.0}
+LEGO_VERSION=${LEGO_VERSION:-v5.6.0}
 
 say() { printf '[tools] %s\n' "$*" >&2; }
 # shellcheck source=e2e/lib.sh
@@ -24,6 +25,7 @@ binary_path() {
     etcd) echo "$BIN/etcd-$ETCD_VERSION" ;;
     kube-apiserver | kubectl) echo "$BIN/$1-$KUBE_VERSION" ;;
     helm) echo "$BIN/helm-$HELM_VERSION" ;;
+    lego) echo "$BIN/lego-$LEGO_VERSION" ;;
     *) echo "unknown tool: $1" >&2; return 2 ;;
   esac
 }
@@ -111,12 +113,39 @@ build_helm() {
   mv "$gobin/helm" "$out"
 }
 
+# lego, the ACME client, as a client of the acme-dns API (tests/clients.rs). Built with
+# lego's own build tags for a binary with one DNS provider (lego_dnslight, lego_dns_acmedns):
+# its full provider set pulls in SDK versions the module proxy does not serve. Its logging
+# library is held at v1.7.0 for the same reason (v5.6.0 asks for v1.7.1; same API).
+LEGO_TAGS=lego_dnslight,lego_dns_acmedns
+build_lego() {
+  local out
+  out=$(binary_path lego)
+  [[ -x $out ]] && return 0
+  need_go
+  local dir=$SRC/lego-$LEGO_VERSION
+  if [[ ! -f $dir/.ready ]]; then
+    say "preparing the lego $LEGO_VERSION wrapper module"
+    rm -rf "$dir"; mkdir -p "$dir"
+    printf 'module kube-acme-dns.local/lego-tools\n\ngo 1.26\n' >"$dir/go.mod"
+    (cd "$dir" && go mod edit -replace gitlab.com/greyxor/slogor=gitlab.com/greyxor/slogor@v1.7.0 &&
+      GOFLAGS="${GOFLAGS:-} -tags=$LEGO_TAGS" go get -tool "github.com/go-acme/lego/v5@$LEGO_VERSION")
+    touch "$dir/.ready"
+  fi
+  say "building lego $LEGO_VERSION (first time only)"
+  # main.version is what `lego --version` prints.
+  (cd "$dir" && with_progress lego go build -tags "$LEGO_TAGS" -trimpath \
+    -ldflags="-s -X 'main.version=$LEGO_VERSION'" -o "$out.tmp" github.com/go-acme/lego/v5)
+  mv "$out.tmp" "$out"
+}
+
 build() {
   case $1 in
     etcd) build_etcd ;;
     kube-apiserver | kubectl) build_kube "$1" ;;
     helm) build_helm ;;
-    all) build_etcd; build_kube kube-apiserver; build_kube kubectl; build_helm ;;
+    lego) build_lego ;;
+    all) build_etcd; build_kube kube-apiserver; build_kube kubectl; build_helm; build_lego ;;
     *) echo "unknown tool: $1" >&2; exit 2 ;;
   esac
 }

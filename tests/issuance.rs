@@ -6,37 +6,16 @@
 
 mod common;
 
-use std::{process::Stdio, time::Duration};
+use std::time::Duration;
 
-use kube::{
-    Api,
-    api::{DynamicObject, PostParams},
-    discovery::ApiResource,
-};
+use kube::{Api, api::PostParams};
 use serde_json::json;
 
 use base64::{Engine, prelude::BASE64_STANDARD};
-use common::{aggregation, knot::zone_text, pebble::Pebble, unbound::Unbound};
+use common::{
+    aggregation, cert_manager, certificate, knot::zone_text, pebble::Pebble, unbound::Unbound,
+};
 use kube_acme_dns::api::{AcmeDnsAccount, AcmeDnsAccountSpec, DnsLabel, DomainName};
-
-const E2E: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/e2e");
-
-/// Runs an e2e script and returns its stdout, trimmed.
-fn script(path: &str, args: &[&str]) -> String {
-    common::run(&format!("{E2E}/{path}"), args, None)
-        .trim()
-        .to_string()
-}
-
-fn certificate_resource() -> ApiResource {
-    ApiResource {
-        group: "cert-manager.io".into(),
-        version: "v1".into(),
-        api_version: "cert-manager.io/v1".into(),
-        kind: "Certificate".into(),
-        plural: "certificates".into(),
-    }
-}
 
 /// Issues a certificate for `domain` and `*.domain` through a ClusterIssuer
 /// with the given cnameStrategy, and checks what the user would: Ready, both names in
@@ -82,71 +61,13 @@ async fn issue(
         common::run("kubectl", &["apply", "-f", "-"], Some(&object.to_string()));
     }
 
-    let certificates: Api<DynamicObject> =
-        Api::namespaced_with(common::client().await, namespace, &certificate_resource());
-    let started = std::time::Instant::now();
-    common::eventually(
-        &format!("Certificate {name} Ready"),
-        Duration::from_secs(360),
-        || async {
-            let cert = certificates.get(name).await.ok()?;
-            let conditions = cert.data["status"]["conditions"].as_array()?.clone();
-            conditions
-                .iter()
-                .any(|c| c["type"] == "Ready" && c["status"] == "True")
-                .then_some(())
-        },
-    )
-    .await;
-    eprintln!("Certificate {name} Ready after {:?}", started.elapsed());
+    let elapsed =
+        cert_manager::wait_certificate_ready(namespace, name, Duration::from_secs(360)).await;
+    eprintln!("Certificate {name} Ready after {elapsed:?}");
 
     // The Secret holds a certificate for both names, signed by Pebble.
-    let pem = common::run(
-        "kubectl",
-        &[
-            "get",
-            "secret",
-            &format!("{name}-tls"),
-            "-n",
-            namespace,
-            "-o",
-            "jsonpath={.data.tls\\.crt}",
-        ],
-        None,
-    );
-    let chain = BASE64_STANDARD
-        .decode(pem.trim())
-        .expect("tls.crt is base64");
-    assert_eq!(
-        dns_names(&chain),
-        [format!("*.{domain}"), domain.to_string()],
-        "the certificate names exactly the requested names"
-    );
-    let dir = std::env::temp_dir().join(common::unique_name("issued"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let chain_path = dir.join("chain.pem");
-    std::fs::write(&chain_path, &chain).unwrap();
-    let pebble_root = dir.join("pebble-root.pem");
-    std::fs::write(&pebble_root, pebble.root_pem()).unwrap();
-    // openssl, an independent verifier, checks the chain up to Pebble's root.
-    let verify = std::process::Command::new("openssl")
-        .args([
-            "verify",
-            "-CAfile",
-            pebble_root.to_str().unwrap(),
-            "-untrusted",
-        ])
-        .arg(&chain_path)
-        .arg(&chain_path)
-        .stderr(Stdio::piped())
-        .output()
-        .unwrap();
-    assert!(
-        verify.status.success(),
-        "signed by Pebble: {}{}",
-        String::from_utf8_lossy(&verify.stdout),
-        String::from_utf8_lossy(&verify.stderr)
-    );
+    let chain = cert_manager::tls_chain(namespace, &format!("{name}-tls"));
+    certificate::assert_wildcard_issued_by(&chain, domain, pebble);
 
     // CleanUp removed every challenge value.
     common::eventually("no stale TXT values", Duration::from_secs(60), || async {
@@ -156,53 +77,14 @@ async fn issue(
     .await;
 }
 
-/// The DNS names of the first certificate in a PEM chain, sorted.
-fn dns_names(chain_pem: &[u8]) -> Vec<String> {
-    use x509_parser::{extensions::GeneralName, pem::parse_x509_pem};
-    let (_, pem) = parse_x509_pem(chain_pem).expect("a PEM certificate");
-    let cert = pem.parse_x509().expect("an X.509 certificate");
-    let san = cert
-        .subject_alternative_name()
-        .expect("a valid SAN extension")
-        .expect("a SAN extension");
-    let mut names: Vec<String> = san
-        .value
-        .general_names
-        .iter()
-        .filter_map(|n| match n {
-            GeneralName::DNSName(name) => Some(name.to_string()),
-            _ => None,
-        })
-        .collect();
-    names.sort();
-    names
-}
-
 #[tokio::test]
 async fn wildcard_certificate_is_issued_through_pebble_with_and_without_cname_follow() {
     let admin = common::client().await;
     common::install_crd(&admin).await;
 
     // cert-manager: its CRDs, and its controllers running against our API server.
-    script("cert-manager/build.sh", &[]);
-    let crds = script("cert-manager/build.sh", &["crds"]);
-    common::run("kubectl", &["apply", "--server-side", "-f", &crds], None);
-    common::run(
-        "kubectl",
-        &[
-            "wait",
-            "--for",
-            "condition=Established",
-            "--timeout=60s",
-            "crd/certificates.cert-manager.io",
-            "crd/clusterissuers.cert-manager.io",
-            "crd/challenges.acme.cert-manager.io",
-        ],
-        None,
-    );
+    cert_manager::install();
     let namespace = common::create_namespace(&admin, "issuance").await;
-    let manifest = "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: cert-manager\n";
-    common::run("kubectl", &["apply", "-f", "-"], Some(manifest));
 
     // Our side: DNS + controller + webhook, the account the user created.
     let label = common::unique_name("issue");
@@ -260,24 +142,9 @@ async fn wildcard_certificate_is_issued_through_pebble_with_and_without_cname_fo
         &zones,
         &[("auth.example.test", solver.serve.dns)],
     );
-    let resolver = unbound.addr.to_string();
     let pebble = Pebble::start(&work.join("pebble"), unbound.addr);
 
-    let controller = script("cert-manager/build.sh", &["path"]);
-    let _cert_manager = tokio::process::Command::new(controller)
-        .args(["--kubeconfig", &std::env::var("KUBECONFIG").unwrap()])
-        .args(["--cluster-resource-namespace", "cert-manager"])
-        .args([
-            "--dns01-recursive-nameservers",
-            &resolver,
-            "--dns01-recursive-nameservers-only",
-        ])
-        .args(["--dns01-check-retry-period", "1s"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start cert-manager's controllers");
+    let _cert_manager = cert_manager::start_controllers(unbound.addr, None);
 
     tokio::join!(
         issue(

@@ -5,6 +5,8 @@
 
 pub mod acme_api;
 pub mod aggregation;
+pub mod cert_manager;
+pub mod certificate;
 pub mod daemon;
 pub mod dns;
 pub mod https;
