@@ -19,7 +19,7 @@ use std::{
 use anyhow::{Context, bail};
 use clap::Parser;
 use hickory_proto::{
-    op::{Message, Query},
+    op::{Edns, Message, Query},
     rr::{Name, RecordType},
 };
 use tokio::{
@@ -163,6 +163,10 @@ async fn answers(socket: &UdpSocket, server: SocketAddr, name: &Name, value: &st
     let mut query = Message::query();
     query.metadata.id = rand_id();
     query.add_query(Query::query(name.clone(), RecordType::TXT));
+    // An account holds up to 16 values: more than a 512-byte answer without EDNS.
+    let mut edns = Edns::new();
+    edns.set_max_payload(4096);
+    query.set_edns(edns);
     let Ok(bytes) = query.to_vec() else {
         return false;
     };

@@ -6,28 +6,78 @@ use std::{net::SocketAddr, time::Duration};
 /// A DNS-01 value: 43 characters of base64url.
 pub const TXT: &str = "LPsIwTo7o8BoG0-vjCyGQGBWSVIPxI-i_X336eUOQZo";
 
-/// POSTs `body` with `headers` through curl, as a client would; returns the status and
-/// the body.
-pub fn post(api: SocketAddr, path: &str, headers: &[String], body: &str) -> (u16, String) {
-    let mut args = vec![
-        "-s".to_string(),
-        "-o".into(),
-        "-".into(),
-        "-w".into(),
-        "\n%{http_code}".into(),
-        "-X".into(),
-        "POST".into(),
-        "--data-binary".into(),
-        body.into(),
-    ];
+/// What curl saw.
+#[derive(Debug)]
+pub struct Reply {
+    pub code: u16,
+    /// Response headers, names lower-cased.
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// `method path` with `headers` and `body` through curl; `from` binds the client to a
+/// loopback address of its own, as a client elsewhere would have.
+pub fn request(
+    api: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[String],
+    body: &str,
+    from: Option<&str>,
+) -> Reply {
+    let mut args: Vec<String> = ["-s", "-i", "-X", method, "-H", "Expect:"]
+        .map(String::from)
+        .to_vec();
+    if method == "POST" {
+        args.extend(["--data-binary".to_string(), body.to_string()]);
+    }
+    if let Some(from) = from {
+        args.extend(["--interface".to_string(), from.to_string()]);
+    }
     for header in headers {
         args.extend(["-H".to_string(), header.clone()]);
     }
-    args.push(format!("http://{api}{path}"));
+    let host = match api {
+        SocketAddr::V4(a) => a.to_string(),
+        SocketAddr::V6(a) => format!("[{}]:{}", a.ip(), a.port()),
+    };
+    args.push(format!("http://{host}{path}"));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let out = super::run("curl", &args, None);
-    let (body, code) = out.rsplit_once('\n').unwrap();
-    (code.trim().parse().unwrap(), body.to_string())
+    let (head, body) = out
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("an HTTP answer from curl {args:?}: {out:?}"));
+    let mut lines = head.lines();
+    let code = lines
+        .next()
+        .and_then(|status| status.split_whitespace().nth(1))
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("a status line: {head}"));
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    Reply {
+        code,
+        headers,
+        body: body.to_string(),
+    }
+}
+
+/// POSTs `body` with `headers` through curl, as a client would; returns the status and
+/// the body.
+pub fn post(api: SocketAddr, path: &str, headers: &[String], body: &str) -> (u16, String) {
+    let reply = request(api, "POST", path, headers, body, None);
+    (reply.code, reply.body)
 }
 
 /// `/update` with acme-dns credentials; `forwarded_for` is sent as X-Forwarded-For.
