@@ -55,7 +55,8 @@ pub struct CredentialsArgs {
     pub account: String,
 
     /// The account's namespace. Defaults to the kubeconfig context's namespace, else
-    /// `default`.
+    /// `default`. The acme-dns API reads credentials only in the namespace it serves
+    /// (`serve --api-namespace`, Helm `api.namespace`), so the account must live there.
     #[arg(long, short = 'n')]
     pub namespace: Option<String>,
 
