@@ -113,6 +113,11 @@ os_name=$(. /etc/os-release && echo "$PRETTY_NAME")
   echo "- Memory: $(awk '/MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)"
   echo "- Kernel: $(uname -r) ($os_name)"
   echo "- Load average (1/5/15 min) at start: $load_before; at end: $load_after"
+  if awk -v l="${load_before%% *}" 'BEGIN { exit !(l > 1.5) }'; then
+    echo
+    echo "**Disturbed:** other work was running on the machine when this run started (load average above);"
+    echo "the numbers are pessimistic."
+  fi
   echo
   echo "## Settings"
   echo
@@ -123,9 +128,10 @@ os_name=$(. /etc/os-release && echo "$PRETTY_NAME")
   echo "  before the clock starts. Then $CLIENTS clients, each on keep-alive connections, send \`/update\` for $SECONDS_ s,"
   echo "  to the two replicas in turn, no two clients on the same account at once. After each accepted update,"
   echo "  both replicas' DNS is polled every 2 ms until it answers the new value."
-  echo "- \"update→answer\" is from sending \`/update\` to the first poll that sees the value; on the replica that"
-  echo "  took the update it is at most the \`/update\` latency plus one poll (the update returns only once that"
-  echo "  replica answers it)."
+  echo "- \"sent → answered\" is from sending \`/update\` to the first poll that sees the value; on the replica"
+  echo "  that took the update it is at most the \`/update\` latency plus one poll (the update returns only once"
+  echo "  that replica answers it). \"returned → answered\" is from \`/update\` returning to the other replica"
+  echo "  answering: what the watch adds (the project's update→answer measure; target p99 < 1 s)."
   echo
   echo "## Results"
   echo

@@ -207,6 +207,8 @@ struct Samples {
     update: Vec<Duration>,
     own: Vec<Duration>,
     other: Vec<Duration>,
+    /// From `/update` returning to the other replica answering.
+    other_after_return: Vec<Duration>,
     errors: Vec<String>,
 }
 
@@ -320,7 +322,8 @@ async fn main() -> anyhow::Result<()> {
                 ];
                 let sent = Instant::now();
                 let result = connections[replica].post("/update", &headers, &body).await;
-                let took = sent.elapsed();
+                let returned = Instant::now();
+                let took = returned - sent;
                 match result {
                     Ok((200, _)) => {
                         samples.lock().await.update.push(took);
@@ -336,6 +339,9 @@ async fn main() -> anyhow::Result<()> {
                                     samples.own.push(after);
                                 } else {
                                     samples.other.push(after);
+                                    samples
+                                        .other_after_return
+                                        .push(after.saturating_sub(returned - sent));
                                 }
                             }));
                         }
@@ -358,16 +364,21 @@ async fn main() -> anyhow::Result<()> {
     let mut samples = Arc::try_unwrap(samples)
         .map_err(|_| anyhow::anyhow!("clients still running"))?
         .into_inner();
-    for list in [&mut samples.update, &mut samples.own, &mut samples.other] {
+    for list in [
+        &mut samples.update,
+        &mut samples.own,
+        &mut samples.other,
+        &mut samples.other_after_return,
+    ] {
         list.sort();
     }
     let count = samples.update.len();
     println!(
-        "| updates | errors | updates/s | /update p50 ms | /update p99 ms | answered by the replica that took it, p50 / p99 ms | answered by the other replica, p50 / p99 / max ms |"
+        "| updates | errors | updates/s | /update p50 ms | /update p99 ms | sent → answered by the replica that took it, p50 / p99 ms | sent → answered by the other replica, p50 / p99 / max ms | returned → answered by the other replica, p50 / p99 / max ms |"
     );
-    println!("| --- | --- | --- | --- | --- | --- | --- |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
     println!(
-        "| {count} | {} | {:.1} | {} | {} | {} / {} | {} / {} / {} |",
+        "| {count} | {} | {:.1} | {} | {} | {} / {} | {} / {} / {} | {} / {} / {} |",
         samples.errors.len(),
         count as f64 / elapsed.as_secs_f64(),
         ms(percentile(&samples.update, 50.0)),
@@ -377,6 +388,13 @@ async fn main() -> anyhow::Result<()> {
         ms(percentile(&samples.other, 50.0)),
         ms(percentile(&samples.other, 99.0)),
         ms(samples.other.last().copied().unwrap_or_default()),
+        ms(percentile(&samples.other_after_return, 50.0)),
+        ms(percentile(&samples.other_after_return, 99.0)),
+        ms(samples
+            .other_after_return
+            .last()
+            .copied()
+            .unwrap_or_default()),
     );
     if let Some(first) = samples.errors.first() {
         eprintln!(
