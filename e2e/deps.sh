@@ -11,6 +11,10 @@ PACKAGES=(
   knot-dnsutils    # kdig
   knot             # the user's zone in delegation tests
   unbound          # the recursive resolver of the issuance test
+  # The real node (e2e/node.sh) and its images (e2e/image.sh)
+  containerd runc containernetworking-plugins iptables conntrack
+  buildah skopeo   # images built from scratch, no registry
+  gcc libc6-dev    # the static pause binary
 )
 
 say() { printf '[deps] %s\n' "$*" >&2; }
