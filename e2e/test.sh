@@ -37,6 +37,8 @@ say "building cert-manager's controllers, Pebble and cert-manager's conformance 
 e2e/cert-manager/build.sh
 e2e/pebble.sh build
 e2e/conformance/build.sh
+say "building the image the node runs (the release binary; the first build takes many minutes)"
+e2e/image.sh --no-load >/dev/null
 
 say "building the tests"
 cargo test --no-run --quiet 2>&1 | grep -v '^\s*Executable' >&2 || true

@@ -8,6 +8,7 @@ pub mod daemon;
 pub mod dns;
 pub mod https;
 pub mod knot;
+pub mod node;
 pub mod pebble;
 pub mod pki;
 pub mod unbound;
@@ -74,9 +75,8 @@ pub fn unique_name(prefix: &str) -> String {
     )
 }
 
-/// Creates a namespace of its own for a test. There is no namespace controller in the
-/// local control plane to finalise deletions, so namespaces are left behind; their names
-/// are unique, and `make cluster-down` removes everything.
+/// Creates a namespace of its own for a test. Namespaces are left behind for a look after
+/// a failure; their names are unique, and `make cluster-down` removes everything.
 pub async fn create_namespace(client: &Client, prefix: &str) -> String {
     use k8s_openapi::api::core::v1::Namespace;
     let name = unique_name(prefix);
