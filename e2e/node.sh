@@ -192,6 +192,17 @@ shim_pids() {
   done
 }
 
+# The socket files under /run/containerd/s that our shims listen on: the inodes of their
+# file descriptors, looked up in the socket table of their network namespace.
+shim_sockets() {
+  local pid
+  for pid in $(shim_pids); do
+    find "/proc/$pid/fd" -lname 'socket:*' -printf '%l\n' 2>/dev/null | tr -dc '0-9\n' |
+      awk 'NR == FNR { own[$1]; next } ($7 in own) && $8 ~ /^\/run\/containerd\/s\// { print $8 }' \
+        - "/proc/$pid/net/unix"
+  done | sort -u
+}
+
 # kill_all WHAT FUNCTION: SIGKILL whatever FUNCTION lists until it lists nothing (10 s).
 kill_all() {
   local what=$1 list=$2 pids
@@ -482,10 +493,16 @@ cmd_down() {
   stop_proc kube-proxy
   stop_proc kube-scheduler
   stop_proc kube-controller-manager
-  # The pods' processes, then containerd and the shims it leaves behind.
+  # The pods' processes, then containerd and the shims it leaves behind, and the shims'
+  # socket files (in /run/containerd/s whatever containerd's state dir).
+  local sockets s
+  sockets=$(shim_sockets)
   kill_all "pod processes" pod_pids
   stop_proc containerd
   kill_all "containerd shims" shim_pids
+  for s in $sockets; do
+    [[ -S $s ]] && rm -f "$s"
+  done
   stop_proc node-bridge
   rm -f "$STATE/node-egress.sock" "$STATE/node-egress.sock.tmp"
   local m
