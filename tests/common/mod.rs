@@ -159,14 +159,19 @@ pub fn chart_identity_kubeconfig() -> std::path::PathBuf {
         "templates/rbac-api.yaml",
     ]);
     apply_namespace(RELEASE_NAMESPACE);
-    run("kubectl", &["apply", "-f", "-"], Some(&identity));
+    run("kubectl", &APPLY, Some(&identity));
     token_kubeconfig(RELEASE_NAMESPACE, &format!("{RELEASE}-kube-acme-dns"))
 }
+
+/// Server-side apply: create-or-update in one request, so tests applying the same object
+/// at once do not race (client-side apply reads first, and the slower create fails with
+/// AlreadyExists).
+const APPLY: [&str; 5] = ["apply", "--server-side", "--force-conflicts", "-f", "-"];
 
 /// Creates `namespace` unless it exists (applied, so tests sharing it do not race).
 pub fn apply_namespace(namespace: &str) {
     let manifest = format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {namespace}\n");
-    run("kubectl", &["apply", "-f", "-"], Some(&manifest));
+    run("kubectl", &APPLY, Some(&manifest));
 }
 
 /// Creates the ServiceAccount `namespace/name` (and its namespace) unless it exists.
@@ -175,7 +180,7 @@ pub fn apply_service_account(namespace: &str, name: &str) {
     let manifest = format!(
         "apiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: {name}\n  namespace: {namespace}\n"
     );
-    run("kubectl", &["apply", "-f", "-"], Some(&manifest));
+    run("kubectl", &APPLY, Some(&manifest));
 }
 
 /// A kubeconfig for the admin kubeconfig's cluster that authenticates with a token of
