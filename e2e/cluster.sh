@@ -326,6 +326,9 @@ EOF
 
 cmd_down() {
   if [[ ! -e $STATE ]]; then
+    # The node's namespace, cgroups and shims are named after the state dir: remove them
+    # even if the dir itself went away.
+    "$E2E/node.sh" down quiet
     say "already down"
     return 0
   fi

@@ -5,7 +5,7 @@
 # `down` call this; run it by hand only to restart the node.
 #
 #   e2e/node.sh up             start the node (idempotent; the control plane must be up)
-#   e2e/node.sh down           stop everything `up` started and remove its traces
+#   e2e/node.sh down [quiet]   stop everything `up` started and remove its traces
 #   e2e/node.sh load ARCHIVE   import an OCI image archive into the node's containerd
 #   e2e/node.sh netns          print the path of the node's network namespace
 #   e2e/node.sh status         say whether the node is up (exit 0 if up, 1 if not)
@@ -545,7 +545,7 @@ cmd_status() {
 
 case ${1:-} in
   up) cmd_up ;;
-  down) cmd_down ;;
+  down) cmd_down "${2:-}" ;;
   load) cmd_load "${2:-}" ;;
   netns) echo "$NETNS_PATH" ;;
   status) cmd_status ;;

@@ -49,6 +49,8 @@ if ! e2e/cluster.sh status >/dev/null 2>&1; then
   e2e/cluster.sh up
 fi
 eval "$(e2e/cluster.sh env)"
+# A control plane left up by hand may have lost its node (or predate it): (re)start it.
+e2e/node.sh up
 
 say "aggregation layer: an APIService reaches an HTTPS server on loopback"
 set +e
