@@ -357,14 +357,17 @@ async fn chart_runs_on_the_node_and_answers_through_the_load_balancer() {
             );
             queries += 1;
         }
+        // Until the old pod is gone, not only replaced: its process stops last.
         let ready = ready_pods(&pods, &selector).await;
-        if ready.len() == 2
+        let gone = pods.get_opt(&victim).await.unwrap().is_none();
+        if gone
+            && ready.len() == 2
             && ready
                 .iter()
                 .all(|p| p.metadata.name.as_deref() != Some(&victim))
         {
             eprintln!(
-                "{queries} queries answered while {victim} was replaced ({:.1} s)",
+                "{queries} queries answered while {victim} was replaced and stopped ({:.1} s)",
                 deleted.elapsed().as_secs_f64()
             );
             break ready;
