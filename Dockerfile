@@ -1,5 +1,7 @@
-# Multi-stage build: compile in the Rust image, run from a slim Debian image as a
-# non-root user. The binary needs only libc and libgcc (TLS is rustls, no OpenSSL).
+# Multi-stage build: compile in the Rust image (Debian 12), run from distroless's cc image
+# for Debian 12 as its nonroot user (65532): the binary needs only glibc and libgcc (TLS is
+# rustls, no OpenSSL), and the final image has no shell or package manager. e2e/image.sh
+# builds the same final stage without Docker for the local node.
 # The pod spec in the chart adds readOnlyRootFilesystem and drops all capabilities;
 # DNS listens on 5353, so no NET_BIND_SERVICE is needed.
 FROM rust:1-bookworm AS build
@@ -11,7 +13,7 @@ RUN mkdir src && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
 COPY src ./src
 RUN touch src/main.rs src/lib.rs && cargo build --release --locked
 
-FROM debian:bookworm-slim
+FROM gcr.io/distroless/cc-debian12:nonroot
 COPY --from=build /src/target/release/kube-acme-dns /usr/local/bin/kube-acme-dns
 USER 65532:65532
 EXPOSE 5353/udp 5353/tcp 8443/tcp 8080/tcp 9090/tcp

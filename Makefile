@@ -5,7 +5,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: run test e2e e2e-kind lint build generate deps tools cluster-up cluster-down cluster-env aggregation-check bench bench-dns bench-api
+.PHONY: run test e2e e2e-kind lint build generate deps tools image cluster-up cluster-down cluster-env aggregation-check bench bench-dns bench-api
 
 ## run: start a local control plane, install the CRD and a sample account, run `serve`
 run: deps tools
@@ -44,15 +44,20 @@ generate: tools
 deps:
 	@e2e/deps.sh
 
-## tools: build etcd, kube-apiserver, kubectl and helm through the Go module proxy (cached)
+## tools: build etcd, kube-apiserver, kubectl, helm and the node's kubelet, kube-proxy,
+## kube-scheduler and kube-controller-manager through the Go module proxy (cached)
 tools:
-	@e2e/tools.sh etcd kube-apiserver kubectl helm
+	@e2e/tools.sh etcd kube-apiserver kubectl helm node
 
 cluster-up: deps tools
 	@e2e/cluster.sh up
 
 cluster-down:
 	@e2e/cluster.sh down
+
+## image: build the image from the release binary and load it into the local node
+image: deps
+	@e2e/image.sh
 
 ## cluster-env: print `export KUBECONFIG=…` for the local control plane
 cluster-env:

@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
-# A real control plane (etcd + kube-apiserver) on loopback for the tests: no Docker, no
-# kubelet, no controller-manager. The API server is set up the way controller-runtime's
-# envtest sets it up, plus RBAC, ServiceAccount token signing and the aggregation layer.
+# A real control plane (etcd + kube-apiserver) on loopback for the tests, no Docker, and a
+# real node beside it (e2e/node.sh: containerd, kubelet, kube-proxy, kube-scheduler,
+# kube-controller-manager, the node network in a network namespace of its own). The API
+# server is set up the way controller-runtime's envtest sets it up, plus RBAC and Node
+# authorization, ServiceAccount token signing, the aggregation layer, and an egress
+# selector that sends its traffic to the cluster (aggregated APIs, kubelets) through the
+# node's bridge process.
 #
 #   e2e/cluster.sh up       start it (idempotent); builds the binaries on first use
 #   e2e/cluster.sh down     stop exactly what `up` started and remove the state dir
@@ -24,58 +28,8 @@ READY_TIMEOUT=${KAD_READY_TIMEOUT:-120}
 
 say() { printf '[cluster] %s\n' "$*" >&2; }
 die() { say "error: $*"; exit 1; }
-
-# ---------------------------------------------------------------------------------------
-# Processes. Each started process is recorded as "pid starttime exe" so that `down` (and
-# the liveness check) only ever touch that very process, never a reused pid.
-
-proc_starttime() { awk '{print $22}' "/proc/$1/stat" 2>/dev/null; }
-
-# Prints the pid recorded for NAME if that process is still the one we started.
-live_pid() {
-  local file=$STATE/$1.pid pid start exe
-  [[ -f $file ]] || return 1
-  read -r pid start exe <"$file" || return 1
-  [[ -n ${pid:-} && -d /proc/$pid ]] || return 1
-  [[ $(proc_starttime "$pid") == "$start" ]] || return 1
-  [[ $(readlink "/proc/$pid/exe" 2>/dev/null) == "$exe" ]] || return 1
-  echo "$pid"
-}
-
-# Starts a binary detached (own session, so Ctrl-C or the caller's exit leave it alone)
-# with its output in STATE/NAME.log, and records it.
-start_proc() {
-  local name=$1; shift
-  setsid "$@" </dev/null >"$STATE/$name.log" 2>&1 &
-  local pid=$!
-  local exe
-  # setsid execs in place (the background child is not a group leader), so $! is the binary.
-  for _ in 1 2 3 4 5 6 7 8 9 10; do
-    exe=$(readlink "/proc/$pid/exe" 2>/dev/null || true)
-    [[ $exe == "$(readlink -f "$1")" ]] && break
-    sleep 0.1
-  done
-  [[ $exe == "$(readlink -f "$1")" ]] || { tail -n 30 "$STATE/$name.log" >&2 || true; die "$name did not start"; }
-  echo "$pid $(proc_starttime "$pid") $exe" >"$STATE/$name.pid"
-}
-
-stop_proc() {
-  local name=$1 pid
-  if pid=$(live_pid "$name"); then
-    say "stopping $name (pid $pid)"
-    kill -TERM "$pid" 2>/dev/null || true
-    for _ in $(seq 1 100); do
-      live_pid "$name" >/dev/null || break
-      sleep 0.2
-    done
-    if live_pid "$name" >/dev/null; then
-      say "$name did not exit after 20 s; killing it"
-      kill -KILL "$pid" 2>/dev/null || true
-      sleep 0.5
-    fi
-  fi
-  rm -f "$STATE/$name.pid"
-}
+# shellcheck source=e2e/lib.sh
+source "$E2E/lib.sh"
 
 # ---------------------------------------------------------------------------------------
 # Helpers.
@@ -143,7 +97,7 @@ make_pki() {
       "basicConstraints=critical,CA:FALSE" \
       "keyUsage=critical,digitalSignature,keyEncipherment" \
       "extendedKeyUsage=serverAuth" \
-      "subjectAltName=IP:127.0.0.1,IP:::1,IP:10.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
+      "subjectAltName=IP:127.0.0.1,IP:::1,IP:10.0.0.1,IP:$KAD_NODE_IP,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
   )"
   # O=system:masters: bound to cluster-admin by the bootstrap RBAC policy.
   new_cert ca admin "/O=system:masters/CN=admin" "$(
@@ -157,6 +111,16 @@ make_pki() {
     printf '%s\n' "basicConstraints=critical,CA:FALSE" \
       "keyUsage=critical,digitalSignature,keyEncipherment" "extendedKeyUsage=clientAuth"
   )"
+  # The node's parts, each as the user the bootstrap RBAC policy (or the Node
+  # authorizer) expects, and the API server's client cert for kubelets (logs, exec).
+  local client="basicConstraints=critical,CA:FALSE
+keyUsage=critical,digitalSignature,keyEncipherment
+extendedKeyUsage=clientAuth"
+  new_cert ca kubelet "/O=system:nodes/CN=system:node:$KAD_NODE_NAME" "$client"
+  new_cert ca kube-proxy "/CN=system:kube-proxy" "$client"
+  new_cert ca kube-scheduler "/CN=system:kube-scheduler" "$client"
+  new_cert ca kube-controller-manager "/CN=system:kube-controller-manager" "$client"
+  new_cert ca apiserver-kubelet-client "/O=system:masters/CN=kube-apiserver-kubelet-client" "$client"
   # ServiceAccount token signing pair (RSA: the conventional choice for RS256 tokens).
   openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$PKI/sa.key" 2>/dev/null
   openssl pkey -in "$PKI/sa.key" -pubout -out "$PKI/sa.pub" 2>/dev/null
@@ -195,6 +159,7 @@ EOF
 abort_up() {
   local rc=$?
   ((rc == 0)) && return 0
+  "$E2E/node.sh" down || true
   stop_proc kube-apiserver
   stop_proc etcd
   say "up failed; logs kept in $STATE (remove with '$0 down')"
@@ -204,6 +169,7 @@ abort_up() {
 cmd_up() {
   if is_up; then
     say "already up at $(api_url) (state: $STATE)"
+    "$E2E/node.sh" up
     return 0
   fi
   local t0=$SECONDS
@@ -220,6 +186,7 @@ cmd_up() {
   if [[ -e $STATE ]]; then
     [[ -f $MARKER ]] || die "$STATE exists but was not made by this script; refusing to touch it"
     say "clearing stale state in $STATE"
+    "$E2E/node.sh" down
     stop_proc kube-apiserver
     stop_proc etcd
     rm -rf "$STATE"
@@ -256,12 +223,26 @@ cmd_up() {
     --initial-cluster="e2e=http://127.0.0.1:$peer_port" \
     --unsafe-no-fsync=true
 
+  # Everything the API server sends to the cluster (aggregated APIs, kubelets, webhooks)
+  # goes through the node's bridge process on this UNIX socket (e2e/node.sh explains).
+  cat >"$STATE/egress-selector.yaml" <<EOF
+apiVersion: apiserver.k8s.io/v1beta1
+kind: EgressSelectorConfiguration
+egressSelections:
+- name: cluster
+  connection:
+    proxyProtocol: HTTPConnect
+    transport:
+      uds:
+        udsName: $STATE/node-egress.sock
+EOF
+
   say "starting kube-apiserver on 127.0.0.1:$api_port"
-  # --disable-admission-plugins=ServiceAccount: no controller-manager creates the default
-  # ServiceAccount, so that plugin would reject every Pod (envtest disables it too).
   # --endpoint-reconciler-type=none: the lease reconciler refuses a loopback advertise
   # address ("may not be in the loopback range") and exits; Kubernetes' own test server
-  # turns it off the same way. Nothing here reaches the API server through that Service.
+  # turns it off the same way. e2e/node.sh gives the `kubernetes` Service its endpoint.
+  # --kubelet-preferred-address-types=InternalIP: otherwise `kubectl logs` makes the API
+  # server resolve the node's hostname through the machine's resolver.
   start_proc kube-apiserver "$apiserver" \
     --bind-address=127.0.0.1 \
     --advertise-address=127.0.0.1 \
@@ -272,10 +253,13 @@ cmd_up() {
     --tls-cert-file="$PKI/apiserver.crt" \
     --tls-private-key-file="$PKI/apiserver.key" \
     --client-ca-file="$PKI/ca.crt" \
-    --authorization-mode=RBAC \
-    --service-cluster-ip-range=10.0.0.0/24 \
+    --authorization-mode=Node,RBAC \
+    --service-cluster-ip-range="$KAD_SERVICE_CIDR" \
     --allow-privileged=true \
-    --disable-admission-plugins=ServiceAccount \
+    --egress-selector-config-file="$STATE/egress-selector.yaml" \
+    --kubelet-preferred-address-types=InternalIP \
+    --kubelet-client-certificate="$PKI/apiserver-kubelet-client.crt" \
+    --kubelet-client-key="$PKI/apiserver-kubelet-client.key" \
     --service-account-issuer="https://127.0.0.1:$api_port" \
     --service-account-key-file="$PKI/sa.pub" \
     --service-account-signing-key-file="$PKI/sa.key" \
@@ -320,7 +304,7 @@ cmd_up() {
     sleep 0.5
   done
 
-  # No controller-manager here, so prove TokenRequest (what tests use for ServiceAccount
+  # Prove TokenRequest (what tests use for ServiceAccount
   # credentials) works: mint a token and authenticate with it alone.
   local sa=cluster-sh-token-check token who
   "${k[@]}" -n kube-system create serviceaccount "$sa" >/dev/null
@@ -332,6 +316,9 @@ cmd_up() {
   [[ $who == "system:serviceaccount:kube-system:$sa" ]] ||
     die "ServiceAccount token authenticated as '$who'"
 
+  say "control plane up in $((SECONDS - t0)) s at $(api_url)"
+  "$E2E/node.sh" up
+
   trap - EXIT INT TERM
   say "up in $((SECONDS - t0)) s at $(api_url)"
   say "use it with: eval \"\$($0 env)\""
@@ -339,11 +326,16 @@ cmd_up() {
 
 cmd_down() {
   if [[ ! -e $STATE ]]; then
+    # The node's namespace, cgroups and shims are named after the state dir: remove them
+    # even if the dir itself went away.
+    "$E2E/node.sh" down quiet
     say "already down"
     return 0
   fi
   [[ -f $MARKER ]] || die "$STATE was not made by this script; refusing to touch it"
-  # The API server first, so it does not log etcd connection errors while shutting down.
+  # The node first: its pods, mounts and network namespace.
+  "$E2E/node.sh" down
+  # The API server next, so it does not log etcd connection errors while shutting down.
   stop_proc kube-apiserver
   stop_proc etcd
   rm -rf "$STATE"

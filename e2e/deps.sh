@@ -13,6 +13,10 @@ PACKAGES=(
   unbound          # the recursive resolver of the issuance test
   shellcheck       # the scripts' lint (tests/kind_flow.rs)
   postgresql       # an acme-dns PostgreSQL database for the import test (started by the test)
+  # The real node (e2e/node.sh) and its images (e2e/image.sh)
+  containerd runc containernetworking-plugins iptables conntrack
+  buildah skopeo   # images built from scratch, no registry
+  gcc libc6-dev    # the static pause binary
 )
 
 say() { printf '[deps] %s\n' "$*" >&2; }

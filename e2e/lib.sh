@@ -1,5 +1,6 @@
 # Shell functions shared by the e2e and bench scripts. Source it after defining say().
 # shellcheck shell=bash
+# shellcheck disable=SC2034 # the variables here are used by the scripts that source this file
 
 # Fails with where to get Go when it is missing.
 need_go() {
@@ -110,4 +111,97 @@ wait_soa() {
   say "$name did not answer SOA $zone on 127.0.0.1:$port within 60 s; last lines of $log:"
   tail -n 20 "$log" >&2 || true
   return 1
+}
+
+# ---------------------------------------------------------------------------------------
+# Processes of the local cluster (e2e/cluster.sh, e2e/node.sh). Each started process is
+# recorded in $STATE/NAME.pid as "pid starttime exe", so that stopping it (and the
+# liveness check) only ever touch that very process, never a reused pid. The caller sets
+# STATE and defines die().
+
+proc_starttime() { awk '{print $22}' "/proc/$1/stat" 2>/dev/null; }
+
+# Prints the pid recorded for NAME if that process is still the one we started.
+live_pid() {
+  local file=$STATE/$1.pid pid start exe
+  [[ -f $file ]] || return 1
+  read -r pid start exe <"$file" || return 1
+  [[ -n ${pid:-} && -d /proc/$pid ]] || return 1
+  [[ $(proc_starttime "$pid") == "$start" ]] || return 1
+  [[ $(readlink "/proc/$pid/exe" 2>/dev/null) == "$exe" ]] || return 1
+  echo "$pid"
+}
+
+# start_proc NAME [nsenter --net=PATH --] BINARY ARGS...
+# Starts BINARY detached (own session, so Ctrl-C or the caller's exit leave it alone)
+# with its output in STATE/NAME.log, and records it. With the nsenter prefix it runs in
+# that network namespace only (nsenter, unlike `ip netns exec`, keeps the mount namespace:
+# kubelet's volume mounts must be visible to containerd and to `down`).
+start_proc() {
+  local name=$1; shift
+  local bin=$1 args=("$@") i
+  if [[ $1 == nsenter ]]; then
+    for ((i = 1; i < ${#args[@]}; i++)); do
+      [[ ${args[i]} == -- ]] && { bin=${args[i + 1]}; break; }
+    done
+  fi
+  setsid "$@" </dev/null >"$STATE/$name.log" 2>&1 &
+  local pid=$!
+  local exe want
+  want=$(readlink -f "$bin")
+  # setsid (and nsenter) exec in place (the background child is not a group leader), so
+  # $! becomes the binary.
+  for _ in $(seq 1 50); do
+    exe=$(readlink "/proc/$pid/exe" 2>/dev/null || true)
+    [[ $exe == "$want" ]] && break
+    sleep 0.1
+  done
+  [[ $exe == "$want" ]] || { tail -n 30 "$STATE/$name.log" >&2 || true; die "$name did not start"; }
+  echo "$pid $(proc_starttime "$pid") $exe" >"$STATE/$name.pid"
+}
+
+stop_proc() {
+  local name=$1 pid
+  if pid=$(live_pid "$name"); then
+    say "stopping $name (pid $pid)"
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 1 100); do
+      live_pid "$name" >/dev/null || break
+      sleep 0.2
+    done
+    if live_pid "$name" >/dev/null; then
+      say "$name did not exit after 20 s; killing it"
+      kill -KILL "$pid" 2>/dev/null || true
+      sleep 0.5
+    fi
+  fi
+  rm -f "$STATE/$name.pid"
+}
+
+# The node's fixed addresses. They exist only inside the network namespace e2e/node.sh
+# creates (no route out), so they cannot collide with anything outside it.
+KAD_NODE_NAME=kad-node
+KAD_NODE_IP=10.200.0.1       # on the bridge node0: kubelet's InternalIP
+KAD_NODE_CIDR=10.200.0.0/24  # LoadBalancer addresses come from here too
+KAD_POD_CIDR=10.244.0.0/24   # the CNI bridge cni0, gateway 10.244.0.1
+KAD_SERVICE_CIDR=10.0.0.0/24 # the kubernetes Service is 10.0.0.1
+KAD_NODE_API_PORT=6443       # the API server as pods and the node see it, on KAD_NODE_IP
+
+# build_oci_archive REF ARCHIVE ROOTDIR [buildah config options...]
+# An image FROM scratch holding ROOTDIR as its root filesystem, written as an OCI archive
+# (for `ctr images import`). buildah keeps its storage in the cache, apart from any
+# other use of buildah on the machine; the image is removed from it once exported.
+build_oci_archive() {
+  local ref=$1 archive=$2 root=$3; shift 3
+  local storage=$KAD_CACHE/containers/storage run=$KAD_CACHE/containers/run
+  local b=(buildah --root "$storage" --runroot "$run" --storage-driver vfs)
+  local ctr
+  ctr=$("${b[@]}" from --quiet scratch)
+  "${b[@]}" copy --quiet "$ctr" "$root" / >/dev/null
+  "${b[@]}" config "$@" "$ctr"
+  "${b[@]}" commit --quiet --rm "$ctr" "$ref" >/dev/null
+  rm -f "$archive.tmp"
+  skopeo copy --quiet "containers-storage:[vfs@$storage+$run]$ref" "oci-archive:$archive.tmp:$ref"
+  "${b[@]}" rmi "$ref" >/dev/null
+  mv "$archive.tmp" "$archive"
 }

@@ -38,6 +38,8 @@ e2e/cert-manager/build.sh
 e2e/pebble.sh build
 e2e/conformance/build.sh
 e2e/tools.sh lego
+say "building the image the node runs (the release binary; the first build takes many minutes)"
+e2e/image.sh --no-load >/dev/null
 
 say "building the tests"
 cargo test --no-run --quiet 2>&1 | grep -v '^\s*Executable' >&2 || true
@@ -48,6 +50,8 @@ if ! e2e/cluster.sh status >/dev/null 2>&1; then
   e2e/cluster.sh up
 fi
 eval "$(e2e/cluster.sh env)"
+# A control plane left up by hand may have lost its node (or predate it): (re)start it.
+e2e/node.sh up
 
 say "aggregation layer: an APIService reaches an HTTPS server on loopback"
 set +e

@@ -4,6 +4,8 @@
 # same machine) reuses it.
 #
 #   e2e/tools.sh [etcd|kube-apiserver|kubectl|helm|lego|all]   prints nothing but progress
+#   e2e/tools.sh kubelet kube-proxy kube-scheduler kube-controller-manager
+#                                                               the node's parts (`node`: all four)
 #   e2e/tools.sh path NAME                                      prints the cached binary path
 set -euo pipefail
 
@@ -23,12 +25,16 @@ mkdir -p "$BIN" "$SRC"
 binary_path() {
   case $1 in
     etcd) echo "$BIN/etcd-$ETCD_VERSION" ;;
-    kube-apiserver | kubectl) echo "$BIN/$1-$KUBE_VERSION" ;;
+    kube-apiserver | kubectl | kubelet | kube-proxy | kube-scheduler | kube-controller-manager)
+      echo "$BIN/$1-$KUBE_VERSION" ;;
     helm) echo "$BIN/helm-$HELM_VERSION" ;;
     lego) echo "$BIN/lego-$LEGO_VERSION" ;;
     *) echo "unknown tool: $1" >&2; return 2 ;;
   esac
 }
+
+# Every command built from the wrapper module below.
+KUBE_COMMANDS=(kube-apiserver kubectl kubelet kube-proxy kube-scheduler kube-controller-manager)
 
 # A wrapper module that requires k8s.io/kubernetes and points every staging module
 # (its go.mod replaces them with ./staging/...) at the published v0.x.y release.
@@ -54,9 +60,17 @@ kube_module() {
       sed -n 's#^\s*\(k8s\.io/[a-z0-9-]*\) => \./staging/.*#\t\1 => \1 '"$staging"'#p' "$kmod"
       echo ")"
     } >"$dir/go.mod"
-    (cd "$dir" && go get -tool "k8s.io/kubernetes/cmd/kube-apiserver@$KUBE_VERSION" \
-      "k8s.io/kubernetes/cmd/kubectl@$KUBE_VERSION")
     touch "$dir/.ready"
+  fi
+  # A module made before the node's commands were added lacks their dependencies in
+  # go.mod and go.sum; add whichever command is missing from its tool block.
+  local missing=() c
+  for c in "${KUBE_COMMANDS[@]}"; do
+    grep -q "^\s*k8s.io/kubernetes/cmd/$c\$" "$dir/go.mod" || missing+=("k8s.io/kubernetes/cmd/$c@$KUBE_VERSION")
+  done
+  if ((${#missing[@]} > 0)); then
+    say "adding to the wrapper module: ${missing[*]}"
+    (cd "$dir" && go get -tool "${missing[@]}" >&2)
   fi
   echo "$dir"
 }
@@ -142,7 +156,9 @@ build_lego() {
 build() {
   case $1 in
     etcd) build_etcd ;;
-    kube-apiserver | kubectl) build_kube "$1" ;;
+    kube-apiserver | kubectl | kubelet | kube-proxy | kube-scheduler | kube-controller-manager)
+      build_kube "$1" ;;
+    node) for c in kubelet kube-proxy kube-scheduler kube-controller-manager; do build_kube "$c"; done ;;
     helm) build_helm ;;
     lego) build_lego ;;
     all) build_etcd; build_kube kube-apiserver; build_kube kubectl; build_helm; build_lego ;;

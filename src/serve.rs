@@ -83,10 +83,10 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub api: ApiArgs,
 
-    /// Seconds between SIGTERM and stopping: /readyz fails at once, so the Service's
-    /// endpoints drop this replica, while DNS and every HTTP server keep answering
-    /// until the change has reached every node. Then in-flight work drains and the
-    /// process exits. Keep it below the pod's terminationGracePeriodSeconds minus 25.
+    /// Seconds between SIGTERM and stopping: /readyz fails at once, so load balancers
+    /// drop this replica, while DNS and every HTTP server keep answering until they
+    /// have. Then in-flight work drains and the process exits. The Helm chart gets the
+    /// same from a preStop sleep (shutdownDelaySeconds) and leaves this at 0.
     #[arg(long, env = "KUBE_ACME_DNS_SHUTDOWN_DELAY", default_value_t = 0)]
     pub shutdown_delay: u64,
 

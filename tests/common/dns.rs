@@ -40,7 +40,14 @@ fn rand_id() -> u16 {
 
 /// Sends raw bytes over UDP; returns the raw reply.
 pub fn udp_bytes(server: SocketAddr, packet: &[u8], timeout: Duration) -> std::io::Result<Vec<u8>> {
-    let socket = UdpSocket::bind("127.0.0.1:0")?;
+    // From loopback to loopback; any other server is a node address, asked from inside
+    // the node's network namespace (`node::in_node`).
+    let local = if server.ip().is_loopback() {
+        server.ip()
+    } else {
+        std::net::Ipv4Addr::UNSPECIFIED.into()
+    };
+    let socket = UdpSocket::bind((local, 0))?;
     socket.set_read_timeout(Some(timeout))?;
     socket.connect(server)?;
     socket.send(packet)?;

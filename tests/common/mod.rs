@@ -11,6 +11,7 @@ pub mod daemon;
 pub mod dns;
 pub mod https;
 pub mod knot;
+pub mod node;
 pub mod pebble;
 pub mod pki;
 pub mod postgres;
@@ -78,9 +79,8 @@ pub fn unique_name(prefix: &str) -> String {
     )
 }
 
-/// Creates a namespace of its own for a test. There is no namespace controller in the
-/// local control plane to finalise deletions, so namespaces are left behind; their names
-/// are unique, and `make cluster-down` removes everything.
+/// Creates a namespace of its own for a test. Namespaces are left behind for a look after
+/// a failure; their names are unique, and `make cluster-down` removes everything.
 pub async fn create_namespace(client: &Client, prefix: &str) -> String {
     use k8s_openapi::api::core::v1::Namespace;
     let name = unique_name(prefix);
@@ -163,14 +163,19 @@ pub fn chart_identity_kubeconfig() -> std::path::PathBuf {
         "templates/rbac-api.yaml",
     ]);
     apply_namespace(RELEASE_NAMESPACE);
-    run("kubectl", &["apply", "-f", "-"], Some(&identity));
+    run("kubectl", &APPLY, Some(&identity));
     token_kubeconfig(RELEASE_NAMESPACE, &format!("{RELEASE}-kube-acme-dns"))
 }
+
+/// Server-side apply: create-or-update in one request, so tests applying the same object
+/// at once do not race (client-side apply reads first, and the slower create fails with
+/// AlreadyExists).
+const APPLY: [&str; 5] = ["apply", "--server-side", "--force-conflicts", "-f", "-"];
 
 /// Creates `namespace` unless it exists (applied, so tests sharing it do not race).
 pub fn apply_namespace(namespace: &str) {
     let manifest = format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {namespace}\n");
-    run("kubectl", &["apply", "-f", "-"], Some(&manifest));
+    run("kubectl", &APPLY, Some(&manifest));
 }
 
 /// Creates the ServiceAccount `namespace/name` (and its namespace) unless it exists.
@@ -179,7 +184,7 @@ pub fn apply_service_account(namespace: &str, name: &str) {
     let manifest = format!(
         "apiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: {name}\n  namespace: {namespace}\n"
     );
-    run("kubectl", &["apply", "-f", "-"], Some(&manifest));
+    run("kubectl", &APPLY, Some(&manifest));
 }
 
 /// A kubeconfig for the admin kubeconfig's cluster that authenticates with a token of
