@@ -7,14 +7,13 @@
 #   e2e/image.sh --no-load build only
 #
 # The Dockerfile stays what users build on a Docker host; this makes the same final
-# stage without a Docker engine or a registry. That stage is distroless-style
-# (gcr.io/distroless/cc-debian12:nonroot on Docker hosts): the binary, the few shared
-# libraries it links (glibc and libgcc; TLS is rustls, so no OpenSSL), CA certificates and
+# stage, by the same recipe, without a Docker engine or a registry. That stage is
+# distroless-style, from scratch: the binary, the few shared libraries it links (glibc
+# and libgcc; TLS is rustls, so no OpenSSL) with the dynamic loader, CA certificates and
 # /etc/passwd with the nonroot user 65532 -- no shell, no package manager. Here the
-# libraries come from this Debian 12 machine, the Debian release the binary is built on
-# and distroless/cc-debian12 is made from, found with ldd, so the build takes seconds
-# instead of the minutes of a debootstrapped Debian root, and the image is about the
-# size of the binary.
+# libraries come from this Debian 12 machine (the Dockerfile's build stage is Debian 12
+# too), found with ldd, so the build takes seconds instead of the minutes of a
+# debootstrapped Debian root, and the image is about the size of the binary.
 set -euo pipefail
 
 E2E=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -68,7 +67,7 @@ else
   if [[ -f /etc/ssl/certs/ca-certificates.crt ]]; then
     cp /etc/ssl/certs/ca-certificates.crt "$root/etc/ssl/certs/"
   fi
-  # As distroless's nonroot variant: root, and nonroot with uid/gid 65532.
+  # Users root, and nonroot with uid/gid 65532 (the conventional distroless nonroot).
   printf '%s\n' 'root:x:0:0:root:/root:/sbin/nologin' \
     'nonroot:x:65532:65532:nonroot:/home/nonroot:/sbin/nologin' >"$root/etc/passwd"
   printf '%s\n' 'root:x:0:' 'nonroot:x:65532:' >"$root/etc/group"
