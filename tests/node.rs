@@ -125,7 +125,7 @@ async fn ready_pods(pods: &Api<Pod>, selector: &str) -> Vec<Pod> {
 async fn chart_runs_on_the_node_and_answers_through_the_load_balancer() {
     let admin = common::client().await;
     let (repository, tag) = node::load_image();
-    node::install_cert_manager_crds();
+    common::cert_manager::install();
 
     let namespace = restricted_namespace(&admin).await;
     let release = Release {

@@ -78,25 +78,6 @@ pub fn assign_load_balancer(
     })
 }
 
-/// cert-manager's CRDs, installed as its chart would.
-pub fn install_cert_manager_crds() {
-    script("cert-manager/build.sh", &[]);
-    let crds = script("cert-manager/build.sh", &["crds"]);
-    super::run("kubectl", &["apply", "--server-side", "-f", &crds], None);
-    super::run(
-        "kubectl",
-        &[
-            "wait",
-            "--for",
-            "condition=Established",
-            "--timeout=60s",
-            "crd/certificates.cert-manager.io",
-            "crd/issuers.cert-manager.io",
-        ],
-        None,
-    );
-}
-
 /// cert-manager's controllers (out of cluster, as the other tests run them) for the
 /// Issuers and Certificates of `namespace`; stopped when dropped.
 pub fn start_cert_manager(namespace: &str) -> tokio::process::Child {
