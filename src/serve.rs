@@ -299,8 +299,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         futures::future::Either::Right(std::future::pending())
     };
 
-    let controller = if args.roles.contains(&Role::Controller) {
-        futures::future::Either::Left(controller::run(ControllerConfig {
+    // Its own task and its own stop signal: at shutdown it hands the Lease back while
+    // the HTTP servers drain.
+    let controller_stop = CancellationToken::new();
+    let controller = args.roles.contains(&Role::Controller).then(|| {
+        Ok::<_, anyhow::Error>(tokio::spawn(controller::run(ControllerConfig {
             client,
             accounts: shared,
             zone: args.dns.zone.clone(),
@@ -309,9 +312,15 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             args: args.controller.clone(),
             identity: args.identity.clone().unwrap_or_else(default_identity),
             metrics: ControllerMetrics::new(&registry)?,
-        }))
-    } else {
-        futures::future::Either::Right(std::future::pending())
+            shutdown: controller_stop.clone(),
+        })))
+    });
+    let mut controller = controller.transpose()?;
+    let controller_ended = async {
+        match controller.as_mut() {
+            Some(task) => task.await,
+            None => std::future::pending().await,
+        }
     };
 
     let result = tokio::select! {
@@ -320,7 +329,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             Err(e) => anyhow::anyhow!("the metrics server panicked: {e}"),
         }),
         () = dns => Err(anyhow::anyhow!("the DNS TCP server stopped")),
-        () = controller => Err(anyhow::anyhow!("the controller stopped")),
+        result = controller_ended => Err(match result {
+            Ok(()) => anyhow::anyhow!("the controller stopped"),
+            Err(e) => anyhow::anyhow!("the controller panicked: {e}"),
+        }),
         result = webhook => result.context("the webhook solver failed"),
         result = api => result.context("the acme-dns API failed"),
         result = &mut watch => Err(match result {
@@ -338,6 +350,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     };
     stop.store(true, Ordering::Relaxed);
     shutdown.cancel();
+    controller_stop.cancel();
     http_servers.close();
     // Each server bounds its own drain; this bounds a server still starting up.
     let drain = Limits::default().drain_timeout + std::time::Duration::from_secs(5);
@@ -346,6 +359,15 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .is_err()
     {
         warn!("HTTP servers still busy after {drain:?}; exiting anyway");
+    }
+    if let Some(task) = controller.filter(|task| !task.is_finished()) {
+        // Bounded: a release that cannot reach the API server leaves the Lease to expire.
+        if tokio::time::timeout(std::time::Duration::from_secs(5), task)
+            .await
+            .is_err()
+        {
+            warn!("the leader election lease was not released in time; it expires instead");
+        }
     }
     watch.abort();
     info!("shut down");

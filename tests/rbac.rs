@@ -31,6 +31,12 @@ fn can(args: &[&str]) -> bool {
 fn the_chart_grants_what_is_needed_and_nothing_more() {
     common::chart_identity_kubeconfig();
     let release = common::RELEASE_NAMESPACE;
+    // The Lease the chart makes for leader election (templates/lease.yaml).
+    let lease = format!(
+        "leases.coordination.k8s.io/{}-kube-acme-dns-controller",
+        common::RELEASE
+    );
+    let lease = lease.as_str();
     let needed: &[&[&str]] = &[
         // The watch of every account, and the controller's status writes.
         &["list", "acmednsaccounts.acmedns.io", "--all-namespaces"],
@@ -43,8 +49,10 @@ fn the_chart_grants_what_is_needed_and_nothing_more() {
             "default",
         ],
         &["create", "events.events.k8s.io", "-n", "default"],
-        // Leader election in the release namespace.
-        &["update", "leases.coordination.k8s.io", "-n", release],
+        // Leader election on the chart's Lease in the release namespace.
+        &["get", lease, "-n", release],
+        &["update", lease, "-n", release],
+        &["create", "leases.coordination.k8s.io", "-n", release],
         // The webhook: front-proxy trust and delegated authorization.
         &[
             "get",
@@ -77,6 +85,7 @@ fn the_chart_grants_what_is_needed_and_nothing_more() {
         &["create", "acmednsaccounts.acmedns.io", "-n", "default"],
         // No writes outside our resources.
         &["update", "leases.coordination.k8s.io", "-n", "kube-system"],
+        &["delete", lease, "-n", release],
         &["create", "configmaps", "-n", release],
         &["get", "configmaps", "-n", "default"],
         &["create", "pods", "-n", release],

@@ -17,6 +17,7 @@ use kube::{
     Api, Client,
     api::{ObjectMeta, PostParams},
 };
+use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 pub struct LeaderElection {
@@ -26,6 +27,8 @@ pub struct LeaderElection {
     duration: Duration,
     /// The lease's resourceVersion when we last saw it change, and when that was.
     observed: Option<(String, Instant)>,
+    /// Whether the lease's deletion has been logged.
+    deletion_reported: bool,
 }
 
 impl LeaderElection {
@@ -42,6 +45,7 @@ impl LeaderElection {
             identity: identity.to_string(),
             duration,
             observed: None,
+            deletion_reported: false,
         }
     }
 
@@ -50,23 +54,36 @@ impl LeaderElection {
     }
 
     /// Runs `work` whenever this process holds the lease, and stops it as soon as the
-    /// lease cannot be renewed. Never returns.
-    pub async fn run<F, Fut>(mut self, mut work: F, on_change: impl Fn(bool))
-    where
+    /// lease cannot be renewed. Returns only when `shutdown` is cancelled, after handing
+    /// the lease back if it held it.
+    pub async fn run<F, Fut>(
+        mut self,
+        mut work: F,
+        on_change: impl Fn(bool),
+        shutdown: CancellationToken,
+    ) where
         F: FnMut() -> Fut,
         Fut: Future<Output = ()>,
     {
         let retry = self.duration / 3;
         loop {
-            match self.try_acquire_or_renew().await {
+            let attempt = tokio::select! {
+                () = shutdown.cancelled() => return,
+                attempt = self.try_acquire_or_renew() => attempt,
+            };
+            match attempt {
                 Ok(true) => {}
                 Ok(false) => {
-                    tokio::time::sleep(retry).await;
+                    if sleep_or_shutdown(retry, &shutdown).await {
+                        return;
+                    }
                     continue;
                 }
                 Err(e) => {
                     warn!(lease = %self.name, error = %e, "cannot read or write the leader election lease; retrying");
-                    tokio::time::sleep(retry).await;
+                    if sleep_or_shutdown(retry, &shutdown).await {
+                        return;
+                    }
                     continue;
                 }
             }
@@ -92,9 +109,50 @@ impl LeaderElection {
             tokio::select! {
                 () = work() => warn!("the controller stopped while leading"),
                 reason = renew => warn!(lease = %self.name, reason, "lost leadership; stopping the controller"),
+                () = shutdown.cancelled() => {}
             }
             on_change(false);
-            tokio::time::sleep(retry).await;
+            if shutdown.is_cancelled() {
+                self.release().await;
+                return;
+            }
+            if sleep_or_shutdown(retry, &shutdown).await {
+                return;
+            }
+        }
+    }
+
+    /// Hands the lease back at shutdown, so another replica takes over at its next try
+    /// rather than after the lease's whole duration. Best effort: if this fails, the
+    /// lease expires as it would after a crash.
+    async fn release(&mut self) {
+        let lease = match self.api.get_opt(&self.name).await {
+            Ok(Some(lease)) => lease,
+            Ok(None) => return,
+            Err(e) => {
+                warn!(lease = %self.name, error = %e, "cannot release the leader election lease; it expires instead");
+                return;
+            }
+        };
+        let spec = lease.spec.clone().unwrap_or_default();
+        if spec.holder_identity.as_deref() != Some(self.identity.as_str()) {
+            return;
+        }
+        let mut released = lease;
+        released.spec = Some(LeaseSpec {
+            holder_identity: None,
+            renew_time: Some(MicroTime(Timestamp::now())),
+            ..spec
+        });
+        match self
+            .api
+            .replace(&self.name, &PostParams::default(), &released)
+            .await
+        {
+            Ok(_) => info!(lease = %self.name, "released the leader election lease"),
+            Err(e) => {
+                warn!(lease = %self.name, error = %e, "cannot release the leader election lease; it expires instead")
+            }
         }
     }
 
@@ -104,6 +162,16 @@ impl LeaderElection {
         let now = MicroTime(Timestamp::now());
         let duration_secs = self.duration.as_secs().max(1) as i32;
         let Some(lease) = self.api.get_opt(&self.name).await? else {
+            if self.observed.is_some() {
+                // Deleted after we saw it, so by whoever owns it (`helm uninstall`
+                // deletes the chart's Lease while the pods are still stopping): made
+                // again now, it would outlive the uninstall.
+                if !self.deletion_reported {
+                    self.deletion_reported = true;
+                    warn!(lease = %self.name, "the leader election lease was deleted; not recreating it, so no replica runs the controller until one restarts (`helm upgrade` recreates the chart's lease)");
+                }
+                return Ok(false);
+            }
             let lease = Lease {
                 metadata: ObjectMeta {
                     name: Some(self.name.clone()),
@@ -181,6 +249,14 @@ impl LeaderElection {
             Some((seen, _)) if *seen == version => {}
             _ => self.observed = Some((version, Instant::now())),
         }
+    }
+}
+
+/// Sleeps for `period`; true when `shutdown` was cancelled first.
+async fn sleep_or_shutdown(period: Duration, shutdown: &CancellationToken) -> bool {
+    tokio::select! {
+        () = shutdown.cancelled() => true,
+        () = tokio::time::sleep(period) => false,
     }
 }
 
@@ -408,12 +484,13 @@ mod tests {
                             let _ = tx.send(Instant::now());
                         }
                     },
+                    CancellationToken::new(),
                 )
                 .await
             }
         };
         let stopped = tokio::select! {
-            () = run => unreachable!("the election never returns"),
+            () = run => unreachable!("the election returns only at shutdown"),
             stopped = stopped_rx => stopped.unwrap(),
         };
         assert_eq!(*leading.lock().unwrap(), [true, false]);
@@ -424,5 +501,68 @@ mod tests {
             "{:?}",
             stopped - started
         );
+    }
+
+    #[tokio::test]
+    async fn a_leader_shutting_down_hands_the_lease_over_at_once() {
+        let api = Arc::new(Mutex::new(LeaseApi::default()));
+        // A long lease: without the release, `b` would wait a minute.
+        let a = election(&api, "a", Duration::from_secs(60));
+        let mut b = election(&api, "b", Duration::from_secs(60));
+        let shutdown = CancellationToken::new();
+        let (led_tx, led_rx) = tokio::sync::oneshot::channel::<()>();
+        let led_tx = Mutex::new(Some(led_tx));
+        let run = tokio::spawn(a.run(
+            std::future::pending::<()>,
+            move |leading| {
+                if leading && let Some(tx) = led_tx.lock().unwrap().take() {
+                    let _ = tx.send(());
+                }
+            },
+            shutdown.clone(),
+        ));
+        led_rx.await.unwrap();
+        assert!(!b.try_acquire_or_renew().await.unwrap(), "`a` holds it");
+        shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(5), run)
+            .await
+            .expect("the election returns at shutdown")
+            .unwrap();
+        assert!(
+            b.try_acquire_or_renew().await.unwrap(),
+            "released: taken over without waiting for expiry"
+        );
+        assert_eq!(holder(&api), ("b".into(), 1));
+    }
+
+    #[tokio::test]
+    async fn a_replica_not_leading_returns_at_shutdown_and_leaves_the_lease_alone() {
+        let api = Arc::new(Mutex::new(LeaseApi::default()));
+        let mut a = election(&api, "a", Duration::from_secs(60));
+        assert!(a.try_acquire_or_renew().await.unwrap());
+        let b = election(&api, "b", Duration::from_secs(60));
+        let shutdown = CancellationToken::new();
+        let run = tokio::spawn(b.run(std::future::pending::<()>, |_| {}, shutdown.clone()));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(5), run)
+            .await
+            .expect("the election returns at shutdown")
+            .unwrap();
+        assert_eq!(holder(&api), ("a".into(), 0));
+    }
+
+    #[tokio::test]
+    async fn a_lease_deleted_after_it_was_seen_is_not_made_again() {
+        let api = Arc::new(Mutex::new(LeaseApi::default()));
+        let mut a = election(&api, "a", Duration::from_secs(15));
+        assert!(a.try_acquire_or_renew().await.unwrap());
+        api.lock().unwrap().lease = None;
+        assert!(!a.try_acquire_or_renew().await.unwrap());
+        assert!(api.lock().unwrap().lease.is_none(), "not recreated");
+        // A replica starting afresh makes it.
+        let mut b = election(&api, "b", Duration::from_secs(15));
+        assert!(b.try_acquire_or_renew().await.unwrap());
+        assert_eq!(holder(&api), ("b".into(), 0));
     }
 }

@@ -36,6 +36,7 @@ use kube::{
     },
 };
 use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
+use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use self::{
@@ -220,6 +221,8 @@ pub struct ControllerConfig {
     /// This replica's name in the Lease and in Events.
     pub identity: String,
     pub metrics: ControllerMetrics,
+    /// Cancelled at shutdown: the controller stops and the Lease is handed back.
+    pub shutdown: CancellationToken,
 }
 
 struct Context {
@@ -234,7 +237,7 @@ struct Context {
     metrics: ControllerMetrics,
 }
 
-/// Runs the controller whenever this replica holds the Lease. Never returns.
+/// Runs the controller whenever this replica holds the Lease, until `shutdown`.
 pub async fn run(config: ControllerConfig) {
     let ControllerConfig {
         client,
@@ -245,6 +248,7 @@ pub async fn run(config: ControllerConfig) {
         args,
         identity,
         metrics,
+        shutdown,
     } = config;
     let resolver = args.resolver();
     match resolver {
@@ -303,6 +307,7 @@ pub async fn run(config: ControllerConfig) {
                 }
             },
             move |leading| leader.set(i64::from(leading)),
+            shutdown,
         )
         .await;
 }
