@@ -77,6 +77,9 @@ else
     --cmd '["serve"]' \
     --port 5353/udp --port 5353/tcp --port 8443/tcp --port 8080/tcp --port 9090/tcp
   say "size: $(du -sh --apparent-size "$root" | cut -f1) unpacked, $(du -h --apparent-size "$archive" | cut -f1) archive"
+  # Keep this archive and the two before it; older builds are never loaded again.
+  find "$(dirname "$archive")" -maxdepth 1 -name 'kube-acme-dns-*.tar' -printf '%T@ %p\n' |
+    sort -rn | tail -n +4 | cut -d' ' -f2- | xargs -r rm -f --
 fi
 
 if $load; then

@@ -1,16 +1,25 @@
 //! `helm install` of the chart on the real node (`e2e/node.sh`): the image built from this
 //! checkout, a namespace that enforces the restricted Pod Security Standard, the chart's
-//! defaults plus only what a user must set. Then what the user relies on: both replicas
-//! Ready, cert-manager's calls reaching the pods through the aggregation layer, and TXT
-//! answers on port 53 of the LoadBalancer address, over UDP and TCP, through the loss of
-//! a pod.
+//! defaults plus only what a user must set. Then what the user relies on, in order: both
+//! replicas Ready; cert-manager's calls reaching the pods through the aggregation layer;
+//! TXT answers on port 53 of the LoadBalancer address over UDP and TCP; a certificate
+//! issued by Pebble through the installed chart; the Lease leader's pod killed, the other
+//! taking over while answering; a `helm upgrade` rolling both pods under a steady stream
+//! of queries with none unanswered; `helm uninstall` leaving only what is documented.
 //!
 //! The APIService `v1alpha1.acme.acmedns.io` is cluster-wide, so this is one test, its
 //! behaviours in sequence.
 
 mod common;
 
-use std::{net::SocketAddr, time::Duration};
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
 
 use base64::{Engine, prelude::BASE64_STANDARD};
 use hickory_proto::{
@@ -19,6 +28,7 @@ use hickory_proto::{
 };
 use k8s_openapi::api::{
     apps::v1::Deployment,
+    coordination::v1::Lease,
     core::v1::{Namespace, Pod, Secret},
 };
 use kube::{
@@ -27,7 +37,9 @@ use kube::{
 };
 use serde_json::{Value, json};
 
-use common::{dns, node};
+use common::{
+    cert_manager, certificate, dns, knot::zone_text, node, pebble::Pebble, unbound::Unbound,
+};
 use kube_acme_dns::api::{AcmeDnsAccount, AcmeDnsAccountSpec, DnsLabel, DomainName};
 
 const ZONE: &str = "auth.example.test";
@@ -121,6 +133,317 @@ async fn ready_pods(pods: &Api<Pod>, selector: &str) -> Vec<Pod> {
         .collect()
 }
 
+/// A user's certificate for `domain` and `*.domain` through the installed chart: an
+/// account delegated from the user's zone, an Issuer with our solver, a Certificate.
+/// cert-manager calls kube-apiserver, whose aggregator reaches the pods through the
+/// APIService and Service; Pebble validates through the LoadBalancer address.
+async fn issue_certificate(
+    admin: &Client,
+    namespace: &str,
+    label: &str,
+    domain: &str,
+    pebble: &Pebble,
+) {
+    let accounts: Api<AcmeDnsAccount> = Api::namespaced(admin.clone(), namespace);
+    let spec = AcmeDnsAccountSpec {
+        domains: vec![DomainName(domain.to_string())],
+        subdomain: Some(DnsLabel(label.to_string())),
+        ..Default::default()
+    };
+    accounts
+        .create(&PostParams::default(), &AcmeDnsAccount::new("issued", spec))
+        .await
+        .unwrap();
+    common::eventually(
+        "the account's FQDN in its status",
+        Duration::from_secs(30),
+        || async { accounts.get("issued").await.ok()?.status?.fqdn },
+    )
+    .await;
+    let issuer = json!({
+        "apiVersion": "cert-manager.io/v1",
+        "kind": "Issuer",
+        "metadata": { "name": "pebble", "namespace": namespace },
+        "spec": { "acme": {
+            "server": pebble.directory,
+            "caBundle": BASE64_STANDARD.encode(&pebble.https_ca.cert.cert_pem),
+            "privateKeySecretRef": { "name": "pebble-account-key" },
+            "solvers": [ { "dns01": { "webhook": {
+                "groupName": "acme.acmedns.io", "solverName": "acme-dns",
+            } } } ],
+        } },
+    });
+    let certificate = json!({
+        "apiVersion": "cert-manager.io/v1",
+        "kind": "Certificate",
+        "metadata": { "name": "issued", "namespace": namespace },
+        "spec": {
+            "secretName": "issued-tls",
+            "dnsNames": [domain, format!("*.{domain}")],
+            "issuerRef": { "kind": "Issuer", "name": "pebble" },
+        },
+    });
+    for object in [&issuer, &certificate] {
+        common::run("kubectl", &["apply", "-f", "-"], Some(&object.to_string()));
+    }
+    let elapsed =
+        cert_manager::wait_certificate_ready(namespace, "issued", Duration::from_secs(360)).await;
+    eprintln!(
+        "Certificate for {domain} and *.{domain} Ready through the chart's pods in {:.1} s",
+        elapsed.as_secs_f64()
+    );
+    let chain = cert_manager::tls_chain(namespace, "issued-tls");
+    certificate::assert_wildcard_issued_by(&chain, domain, pebble);
+    common::eventually(
+        "CleanUp through the pods removed the challenge values",
+        Duration::from_secs(60),
+        || async {
+            let account = accounts.get("issued").await.ok()?;
+            account.status?.txt.is_empty().then_some(())
+        },
+    )
+    .await;
+}
+
+/// What a steady stream of queries saw.
+#[derive(Debug, Default)]
+struct StreamResult {
+    sent: usize,
+    answered: usize,
+    /// Each query with no reply within 2 s: seconds into the stream and the transport.
+    unanswered: Vec<(f64, &'static str)>,
+    /// Each reply that was not the expected TXT: seconds, transport and what it was.
+    wrong: Vec<(f64, &'static str, String)>,
+}
+
+/// Asks `server` for the TXT of `name` from inside the node's network namespace, about
+/// 20 times a second (every fourth over TCP), each query once from a fresh socket, until
+/// `stop`; then returns what it saw.
+fn query_stream(
+    server: SocketAddr,
+    name: &str,
+    expected: &str,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<StreamResult> {
+    let (name, expected) = (name.to_string(), vec![expected.to_string()]);
+    node::spawn_in_node(move || {
+        let started = Instant::now();
+        let mut result = StreamResult::default();
+        while !stop.load(Ordering::Relaxed) {
+            let tcp = result.sent % 4 == 3;
+            let transport = if tcp { "TCP" } else { "UDP" };
+            let query = dns::query(&name, RecordType::TXT, false, Some(1232));
+            let timeout = Duration::from_secs(2);
+            let reply = if tcp {
+                dns::tcp(server, &query, timeout)
+            } else {
+                dns::udp(server, &query, timeout)
+            };
+            let at = started.elapsed().as_secs_f64();
+            result.sent += 1;
+            match reply {
+                Ok(reply) if dns::txt_strings(&reply) == expected => result.answered += 1,
+                Ok(reply) => result.wrong.push((
+                    at,
+                    transport,
+                    format!(
+                        "{} {:?}",
+                        reply.metadata.response_code,
+                        dns::txt_strings(&reply)
+                    ),
+                )),
+                Err(_) => result.unanswered.push((at, transport)),
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        result
+    })
+}
+
+/// `helm upgrade` that replaces both pods (a new pod annotation) while a steady stream of
+/// queries runs against the LoadBalancer address: every query is answered.
+async fn rolling_upgrade(
+    release: &Release,
+    pods: &Api<Pod>,
+    selector: &str,
+    server: SocketAddr,
+    name: &str,
+    expected: &str,
+) {
+    let old: Vec<String> = ready_pods(pods, selector)
+        .await
+        .into_iter()
+        .filter_map(|p| p.metadata.name)
+        .collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let stream = query_stream(server, name, expected, stop.clone());
+    let rollout = format!("podAnnotations.rollout={}", common::unique_name("r"));
+    let upgrade = [
+        "upgrade",
+        &release.name,
+        common::CHART,
+        "--namespace",
+        &release.namespace,
+        "--reuse-values",
+        "--set",
+        &rollout,
+        "--wait",
+        "--timeout",
+        "240s",
+    ]
+    .map(str::to_string);
+    let started = Instant::now();
+    let helm = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("helm")
+            .args(&upgrade)
+            .output()
+            .expect("run helm")
+    })
+    .await
+    .unwrap();
+    assert!(
+        helm.status.success(),
+        "helm upgrade failed: {}\n{}",
+        String::from_utf8_lossy(&helm.stderr),
+        node::diagnose(&release.namespace)
+    );
+    // Until both old pods are gone (their processes stop last) and two new ones Ready.
+    let new = common::eventually(
+        "both pods replaced and the old ones gone",
+        Duration::from_secs(120),
+        || async {
+            let ready = ready_pods(pods, selector).await;
+            for pod in &old {
+                if pods.get_opt(pod).await.ok()?.is_some() {
+                    return None;
+                }
+            }
+            (ready.len() == 2
+                && ready
+                    .iter()
+                    .all(|p| p.metadata.name.as_ref().is_some_and(|n| !old.contains(n))))
+            .then_some(ready)
+        },
+    )
+    .await;
+    // A little longer, so queries after the last pod's exit count too.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, Ordering::Relaxed);
+    let result = tokio::task::spawn_blocking(move || stream.join().unwrap())
+        .await
+        .unwrap();
+    eprintln!(
+        "helm upgrade rolled {old:?} to {:?} in {:.1} s; queries meanwhile: {} sent, {} answered, \
+         {} unanswered, {} wrong",
+        new.iter()
+            .filter_map(|p| p.metadata.name.as_deref())
+            .collect::<Vec<_>>(),
+        started.elapsed().as_secs_f64(),
+        result.sent,
+        result.answered,
+        result.unanswered.len(),
+        result.wrong.len()
+    );
+    assert!(
+        result.unanswered.is_empty() && result.wrong.is_empty(),
+        "during the rolling upgrade: {result:?}"
+    );
+    assert!(result.sent >= 100, "too few queries to tell: {result:?}");
+}
+
+/// Names of everything in the release's namespace and kube-system, and of every
+/// cluster-scoped object, that bears the release's full name or is its APIService.
+/// Events are left out: they expire on their own.
+fn ours_left(namespace: &str, fullname: &str) -> Vec<String> {
+    let kinds = |namespaced: bool| {
+        let namespaced = format!("--namespaced={namespaced}");
+        common::run(
+            "kubectl",
+            &["api-resources", "--verbs=list", &namespaced, "-o", "name"],
+            None,
+        )
+        .lines()
+        .filter(|k| !k.starts_with("events"))
+        .collect::<Vec<_>>()
+        .join(",")
+    };
+    let namespaced = kinds(true);
+    let cluster = kinds(false);
+    let mut left = Vec::new();
+    for args in [
+        vec!["get", &namespaced, "-n", namespace, "-o", "name"],
+        vec!["get", &namespaced, "-n", "kube-system", "-o", "name"],
+        vec!["get", &cluster, "-o", "name"],
+    ] {
+        left.extend(
+            common::run("kubectl", &args, None)
+                .lines()
+                .filter(|o| o.contains(fullname) || o.ends_with("/v1alpha1.acme.acmedns.io"))
+                .map(str::to_string),
+        );
+    }
+    left.sort();
+    left
+}
+
+/// `helm uninstall`: of ours only the CRD and the users' accounts stay, with the two
+/// Secrets cert-manager made for the webhook's certificate, which the README's command
+/// (by the release's labels) then removes.
+async fn uninstall(release: &Release, accounts: &Api<AcmeDnsAccount>) {
+    let fullname = release.fullname();
+    common::run(
+        "helm",
+        &[
+            "uninstall",
+            &release.name,
+            "-n",
+            &release.namespace,
+            "--wait",
+            "--timeout",
+            "120s",
+        ],
+        None,
+    );
+    let expected = vec![
+        format!("secret/{fullname}-ca"),
+        format!("secret/{fullname}-webhook-tls"),
+    ];
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut left = ours_left(&release.namespace, &fullname);
+    while left != expected && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        left = ours_left(&release.namespace, &fullname);
+    }
+    assert_eq!(left, expected, "left after helm uninstall");
+    let selector = format!("app.kubernetes.io/instance={}", release.name);
+    common::run(
+        "kubectl",
+        &[
+            "delete",
+            "secret",
+            "-n",
+            &release.namespace,
+            "-l",
+            &selector,
+        ],
+        None,
+    );
+    assert_eq!(
+        ours_left(&release.namespace, &fullname),
+        Vec::<String>::new()
+    );
+    // The CRD, and with it the users' accounts, stay for a later install.
+    common::run(
+        "kubectl",
+        &["get", "crd", "acmednsaccounts.acmedns.io"],
+        None,
+    );
+    assert!(accounts.get_opt("user").await.unwrap().is_some());
+    eprintln!(
+        "helm uninstall left the CRD, the accounts and cert-manager's two Secrets, then none"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn chart_runs_on_the_node_and_answers_through_the_load_balancer() {
     let admin = common::client().await;
@@ -144,8 +467,22 @@ async fn chart_runs_on_the_node_and_answers_through_the_load_balancer() {
         ],
         None,
     );
-    // The chart's serving certificate comes from cert-manager.
-    let _cert_manager = node::start_cert_manager(&namespace);
+    // The Internet in miniature: a user's zone holding the one CNAME they publish, in a
+    // resolver on loopback that reaches our zone through the LoadBalancer address.
+    let issued_label = common::unique_name("cert");
+    let issued_domain = format!("{issued_label}.test");
+    let work = std::env::temp_dir().join(common::unique_name("node"));
+    std::fs::create_dir_all(&work).unwrap();
+    let user_zone = work.join(format!("{issued_domain}.zone"));
+    let cname = format!("_acme-challenge CNAME {issued_label}.{ZONE}.");
+    std::fs::write(&user_zone, zone_text(&issued_domain, &[cname])).unwrap();
+    let load_balancer_dns: SocketAddr = format!("{LOAD_BALANCER_IP}:53").parse().unwrap();
+    let relay = node::dns_relay(load_balancer_dns);
+    let unbound = Unbound::start(&work.join("unbound"), &[user_zone], &[(ZONE, relay)]);
+    let pebble = Pebble::start(&work.join("pebble"), unbound.addr);
+    // cert-manager makes the chart's serving certificate, then the user's certificate;
+    // every DNS-01 check goes through that resolver.
+    let _cert_manager = cert_manager::start_controllers(unbound.addr, Some(&namespace));
     let load_balancer = node::assign_load_balancer(
         admin.clone(),
         &namespace,
@@ -304,7 +641,7 @@ async fn chart_runs_on_the_node_and_answers_through_the_load_balancer() {
 
     // The TXT answer on port 53 of the LoadBalancer address (the pods listen on 5353).
     let name = format!("{label}.{ZONE}.");
-    let server: SocketAddr = format!("{LOAD_BALANCER_IP}:53").parse().unwrap();
+    let server = load_balancer_dns;
     for tcp in [false, true] {
         let transport = if tcp { "TCP" } else { "UDP" };
         let answered = common::eventually(
@@ -333,16 +670,43 @@ async fn chart_runs_on_the_node_and_answers_through_the_load_balancer() {
         .collect();
     assert_eq!(addresses, vec![LOAD_BALANCER_IP.to_string()]);
 
-    // Kill one pod: the other keeps answering, and the Deployment brings a new one.
+    issue_certificate(&admin, &namespace, &issued_label, &issued_domain, &pebble).await;
+
+    // Kill the pod holding the Lease: the other keeps answering and takes the Lease over,
+    // and the Deployment brings a new pod.
+    let leases: Api<Lease> = Api::namespaced(admin.clone(), &namespace);
+    let lease = format!("{fullname}-controller");
+    let holder = || async {
+        leases
+            .get(&lease)
+            .await
+            .ok()?
+            .spec?
+            .holder_identity
+            .filter(|h| !h.is_empty())
+    };
     let before = ready_pods(&pods, &selector).await;
-    let victim = before[0].metadata.name.clone().unwrap();
+    let leader =
+        common::eventually("a replica holds the Lease", Duration::from_secs(60), holder).await;
+    // A replica's identity in the Lease is its pod's name and a suffix of its own.
+    let holds = |pod: &Pod, holder: &str| {
+        holder.starts_with(&format!("{}_", pod.metadata.name.as_deref().unwrap()))
+    };
+    let victim = before
+        .iter()
+        .find(|p| holds(p, &leader))
+        .unwrap_or_else(|| panic!("the Lease holder {leader} is not a Ready pod"))
+        .clone();
+    let survivor = before.iter().find(|p| !holds(p, &leader)).unwrap().clone();
+    let victim = victim.metadata.name.unwrap();
     pods.delete(&victim, &DeleteParams::default())
         .await
         .unwrap();
-    let deleted = std::time::Instant::now();
+    let deleted = Instant::now();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
     let mut queries = 0;
-    let replaced = loop {
+    let mut takeover = None;
+    let (replaced, takeover) = loop {
         for tcp in [false, true] {
             let answer = tokio::task::spawn_blocking({
                 let name = name.clone();
@@ -357,24 +721,43 @@ async fn chart_runs_on_the_node_and_answers_through_the_load_balancer() {
             );
             queries += 1;
         }
+        // Taken over by a replica still running: the other one, or the replacement if
+        // it asks first once the Lease is handed back.
+        if takeover.is_none()
+            && let Some(h) = holder().await
+            && !h.starts_with(&format!("{victim}_"))
+        {
+            let by = if holds(&survivor, &h) {
+                "the other replica"
+            } else {
+                "the replacement"
+            };
+            takeover = Some((deleted.elapsed(), by));
+        }
         // Until the old pod is gone, not only replaced: its process stops last.
         let ready = ready_pods(&pods, &selector).await;
         let gone = pods.get_opt(&victim).await.unwrap().is_none();
-        if gone
+        if let Some(took) = takeover
+            && gone
             && ready.len() == 2
             && ready
                 .iter()
                 .all(|p| p.metadata.name.as_deref() != Some(&victim))
         {
             eprintln!(
-                "{queries} queries answered while {victim} was replaced and stopped ({:.1} s)",
-                deleted.elapsed().as_secs_f64()
+                "{queries} queries answered while {victim} was replaced and stopped ({:.1} s); \
+                 {} held the Lease {:.1} s after the delete",
+                deleted.elapsed().as_secs_f64(),
+                took.1,
+                took.0.as_secs_f64()
             );
-            break ready;
+            break (ready, took);
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "no replacement for {victim} Ready within 120 s\n{}",
+            "within 120 s: replacement for {victim} Ready, Lease taken over ({takeover:?}, \
+             holder {:?})\n{}",
+            holder().await,
             node::diagnose(&namespace)
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -396,5 +779,13 @@ async fn chart_runs_on_the_node_and_answers_through_the_load_balancer() {
         .await;
         assert_eq!(answered, vec![key.to_string()], "{pod_name}");
     }
-    drop(release);
+    // The leader's lease outlives neither the pod nor the preStop delay plus the lease's
+    // duration (15 s) and one retry (5 s).
+    assert!(
+        takeover.0 < Duration::from_secs(30),
+        "Lease taken over after {takeover:?}"
+    );
+
+    rolling_upgrade(&release, &pods, &selector, server, &name, key).await;
+    uninstall(&release, &accounts).await;
 }

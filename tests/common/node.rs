@@ -1,7 +1,13 @@
 //! The real node of the local cluster (`e2e/node.sh`): its network namespace, images
-//! built for it, a LoadBalancer, and cert-manager's controllers for the chart's PKI.
+//! built for it, a LoadBalancer, and a path for DNS from loopback to an address inside.
 
-use std::{os::fd::AsRawFd, path::PathBuf, time::Duration};
+use std::{
+    io::{Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
+    os::fd::AsRawFd,
+    path::PathBuf,
+    time::Duration,
+};
 
 use k8s_openapi::api::core::v1::Service;
 use kube::{
@@ -29,6 +35,16 @@ pub fn script(path: &str, args: &[&str]) -> String {
 /// Runs `f` on a thread of its own inside the node's network namespace: the sockets it
 /// opens live there, where the node, pod, Service and LoadBalancer addresses are.
 pub fn in_node<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    spawn_in_node(f)
+        .join()
+        .expect("the thread in the node's network namespace")
+}
+
+/// Runs `f` on a thread of its own inside the node's network namespace, in the
+/// background; threads it spawns stay in the namespace too.
+pub fn spawn_in_node<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> std::thread::JoinHandle<T> {
     let path = script("node.sh", &["netns"]);
     std::thread::spawn(move || {
         let netns = std::fs::File::open(&path)
@@ -38,8 +54,64 @@ pub fn in_node<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
         assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
         f()
     })
-    .join()
-    .expect("the thread in the node's network namespace")
+}
+
+/// A DNS path from loopback to `target` inside the node's network namespace, as the
+/// Internet is between a resolver and a LoadBalancer: UDP and TCP on one 127.0.0.1 port,
+/// each query relayed from a socket of its own (a fresh source port, as resolvers use).
+/// Lives as long as the test process.
+pub fn dns_relay(target: SocketAddr) -> SocketAddr {
+    // Both listeners on loopback, made here, outside the node's namespace.
+    let (udp, tcp) = loop {
+        let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+        if let Ok(tcp) = TcpListener::bind(udp.local_addr().unwrap()) {
+            break (udp, tcp);
+        }
+    };
+    let addr = udp.local_addr().unwrap();
+    spawn_in_node(move || {
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 65535];
+            while let Ok((len, client)) = udp.recv_from(&mut buf) {
+                let (query, reply_to) = (buf[..len].to_vec(), udp.try_clone().unwrap());
+                std::thread::spawn(move || {
+                    let upstream = UdpSocket::bind("0.0.0.0:0").unwrap();
+                    upstream
+                        .set_read_timeout(Some(Duration::from_secs(3)))
+                        .unwrap();
+                    upstream.send_to(&query, target).unwrap();
+                    let mut answer = [0u8; 65535];
+                    if let Ok(len) = upstream.recv(&mut answer) {
+                        let _ = reply_to.send_to(&answer[..len], client);
+                    }
+                });
+            }
+        });
+        for client in tcp.incoming().flatten() {
+            std::thread::spawn(move || {
+                let Ok(upstream) = TcpStream::connect_timeout(&target, Duration::from_secs(3))
+                else {
+                    return;
+                };
+                let (mut client_in, mut upstream_out) =
+                    (client.try_clone().unwrap(), upstream.try_clone().unwrap());
+                let forward = std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut client_in, &mut upstream_out);
+                    let _ = upstream_out.shutdown(std::net::Shutdown::Write);
+                });
+                let (mut upstream_in, mut client_out) = (upstream, client);
+                let mut buf = [0u8; 16384];
+                while let Ok(n) = upstream_in.read(&mut buf) {
+                    if n == 0 || client_out.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+                let _ = client_out.shutdown(std::net::Shutdown::Both);
+                let _ = forward.join();
+            });
+        }
+    });
+    addr
 }
 
 /// Builds the image from this checkout's release binary (`e2e/image.sh`, cached by the
@@ -76,20 +148,6 @@ pub fn assign_load_balancer(
             .await
             .expect("patch the Service's load-balancer status");
     })
-}
-
-/// cert-manager's controllers (out of cluster, as the other tests run them) for the
-/// Issuers and Certificates of `namespace`; stopped when dropped.
-pub fn start_cert_manager(namespace: &str) -> tokio::process::Child {
-    let controller = script("cert-manager/build.sh", &["path"]);
-    tokio::process::Command::new(controller)
-        .args(["--kubeconfig", &std::env::var("KUBECONFIG").unwrap()])
-        .args(["--namespace", namespace])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start cert-manager's controllers")
 }
 
 /// What a user looks at when pods do not come up: pods, events, the node's kubelet log.
