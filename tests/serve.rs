@@ -157,3 +157,59 @@ async fn at_sigterm_it_stops_being_ready_but_answers_until_the_delay_is_over() {
     assert!(status.success(), "{status}");
     assert!(signalled.elapsed() >= Duration::from_secs(3));
 }
+
+#[tokio::test]
+async fn at_sigterm_the_leader_hands_the_lease_to_the_other_replica_at_once() {
+    use k8s_openapi::api::coordination::v1::Lease;
+
+    let client = common::client().await;
+    common::install_crd(&client).await;
+    let namespace = common::create_namespace(&client, "handover").await;
+    let lease = common::unique_name("handover");
+    let start = |identity: &str| {
+        common::spawn_serve(
+            &namespace,
+            &lease,
+            &["--roles", "dns,controller", "--identity", identity],
+        )
+    };
+    let mut first = start("first");
+    common::wait_ready(&first).await;
+    let leases: Api<Lease> = Api::namespaced(client, common::RELEASE_NAMESPACE);
+    let holder = || async {
+        leases
+            .get(&lease)
+            .await
+            .ok()?
+            .spec?
+            .holder_identity
+            .filter(|h| !h.is_empty())
+    };
+    let held = common::eventually("first holds the Lease", Duration::from_secs(30), || {
+        holder()
+    })
+    .await;
+    assert_eq!(held, "first");
+    let second = start("second");
+    common::wait_ready(&second).await;
+
+    let pid = first.child.id().expect("running") as libc::pid_t;
+    // SAFETY: signalling the child this test started.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let signalled = std::time::Instant::now();
+    let status = tokio::time::timeout(Duration::from_secs(30), first.child.wait())
+        .await
+        .expect("the leader exits")
+        .unwrap();
+    assert!(status.success(), "{status}");
+    // Handed back, the Lease is the other's at its next try (every 5 s). Left to expire,
+    // it would take 15 s without renewal, at least 10 s after the last one.
+    common::eventually("second holds the Lease", Duration::from_secs(8), || async {
+        (holder().await? == "second").then_some(())
+    })
+    .await;
+    eprintln!(
+        "the other replica held the Lease {:.1} s after SIGTERM",
+        signalled.elapsed().as_secs_f64()
+    );
+}
