@@ -6,11 +6,12 @@
 //! tokio runtime; it carries little traffic (truncated retries, checks).
 
 use std::{
+    collections::BTreeMap,
     io,
     net::SocketAddr,
     sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     thread,
     time::{Duration, Instant},
@@ -20,16 +21,18 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
-    sync::Semaphore,
+    sync::{Notify, Semaphore},
 };
 use tracing::{debug, warn};
 
 use super::{Transport, Zone, answer, metrics::DnsMetrics};
 use crate::index::AccountIndex;
 
-/// How long an idle TCP connection is kept (RFC 7766 §6.2.3 suggests seconds).
+/// How long an idle TCP connection is kept (RFC 7766 §6.2.3 suggests seconds), and how
+/// long a query or an answer may take to cross it.
 const TCP_IDLE: Duration = Duration::from_secs(10);
-/// TCP connections served at once; more wait in the accept queue.
+/// TCP connections served at once. A new one beyond this closes the connection that has
+/// waited longest for its client (RFC 7766 §6.2.3), so idle clients cannot lock others out.
 const TCP_MAX_CONNECTIONS: usize = 1024;
 
 /// Sockets bound for the responder: `local_addr` is the real address even when the
@@ -145,11 +148,28 @@ async fn serve_tcp(
     index: Arc<AccountIndex>,
     metrics: DnsMetrics,
 ) {
-    let slots = Arc::new(Semaphore::new(TCP_MAX_CONNECTIONS));
+    serve_tcp_with(
+        listener,
+        zone,
+        index,
+        metrics,
+        TCP_MAX_CONNECTIONS,
+        TCP_IDLE,
+    )
+    .await
+}
+
+async fn serve_tcp_with(
+    listener: TcpListener,
+    zone: Arc<Zone>,
+    index: Arc<AccountIndex>,
+    metrics: DnsMetrics,
+    max_connections: usize,
+    idle: Duration,
+) {
+    let slots = Arc::new(Semaphore::new(max_connections));
+    let waiting = Arc::new(Waiting::default());
     loop {
-        let Ok(permit) = slots.clone().acquire_owned().await else {
-            return;
-        };
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
             Err(e) => {
@@ -158,9 +178,35 @@ async fn serve_tcp(
                 continue;
             }
         };
-        let (zone, index, metrics) = (zone.clone(), index.clone(), metrics.clone());
+        let permit = match slots.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                // Full: close the connection idle longest; its slot comes back at once.
+                // If every connection is mid-answer, wait for one to finish.
+                if waiting.close_oldest() {
+                    debug!(%peer, "TCP connections at the limit; closed the one idle longest");
+                }
+                let Ok(permit) = slots.clone().acquire_owned().await else {
+                    return;
+                };
+                permit
+            }
+        };
+        let (zone, index, metrics, waiting) = (
+            zone.clone(),
+            index.clone(),
+            metrics.clone(),
+            waiting.clone(),
+        );
         tokio::spawn(async move {
-            if let Err(e) = serve_tcp_connection(stream, &zone, &index, &metrics).await {
+            let connection = Connection {
+                zone: &zone,
+                index: &index,
+                metrics: &metrics,
+                waiting: &waiting,
+                idle,
+            };
+            if let Err(e) = connection.serve(stream).await {
                 debug!(%peer, error = %e, "DNS TCP connection ended");
             }
             drop(permit);
@@ -168,44 +214,211 @@ async fn serve_tcp(
     }
 }
 
-/// Answers length-prefixed queries on one connection until the client closes it or it
-/// stays idle for [`TCP_IDLE`].
-async fn serve_tcp_connection(
-    mut stream: TcpStream,
-    zone: &Zone,
-    index: &AccountIndex,
-    metrics: &DnsMetrics,
-) -> io::Result<()> {
-    let _ = stream.set_nodelay(true);
-    let mut local = metrics.local(Transport::Tcp);
-    let mut packet = vec![0u8; u16::MAX as usize];
-    let mut out = Vec::with_capacity(4096);
-    let result = loop {
-        let mut len = [0u8; 2];
-        match tokio::time::timeout(TCP_IDLE, stream.read_exact(&mut len)).await {
-            Err(_) => break Ok(()),
-            Ok(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => break Ok(()),
-            Ok(Err(e)) => break Err(e),
-            Ok(Ok(_)) => {}
-        }
-        let len = u16::from_be_bytes(len) as usize;
-        match tokio::time::timeout(TCP_IDLE, stream.read_exact(&mut packet[..len])).await {
-            Err(_) => break Ok(()),
-            Ok(Err(e)) => break Err(e),
-            Ok(Ok(_)) => {}
-        }
-        let started = Instant::now();
-        let answered = answer(&packet[..len], zone, index, Transport::Tcp, &mut out);
-        local.record(answered, started.elapsed().as_secs_f64());
-        let Some(_) = answered else {
-            // Nothing sensible to say to a peer that sends responses or runts.
-            break Ok(());
+/// The TCP connections now waiting for their client (for a query, or the rest of one),
+/// in the order they started waiting.
+#[derive(Default)]
+struct Waiting {
+    next: AtomicU64,
+    queue: Mutex<BTreeMap<u64, Arc<Notify>>>,
+}
+
+impl Waiting {
+    fn queue(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Arc<Notify>>> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Enters the queue; `close` is notified if this connection is to be closed.
+    fn enter(&self, close: &Arc<Notify>) -> u64 {
+        let ticket = self.next.fetch_add(1, Ordering::Relaxed);
+        self.queue().insert(ticket, close.clone());
+        ticket
+    }
+
+    fn leave(&self, ticket: u64) {
+        self.queue().remove(&ticket);
+    }
+
+    /// Tells the connection that has waited longest to close; false if none waits.
+    fn close_oldest(&self) -> bool {
+        let oldest = self.queue().pop_first();
+        oldest.map(|(_, close)| close.notify_one()).is_some()
+    }
+}
+
+struct Connection<'a> {
+    zone: &'a Zone,
+    index: &'a AccountIndex,
+    metrics: &'a DnsMetrics,
+    waiting: &'a Waiting,
+    idle: Duration,
+}
+
+impl Connection<'_> {
+    /// Answers length-prefixed queries, in order, until the client closes the connection,
+    /// leaves it idle for `idle`, or it is closed to make room for a new one.
+    async fn serve(&self, mut stream: TcpStream) -> io::Result<()> {
+        let _ = stream.set_nodelay(true);
+        let mut local = self.metrics.local(Transport::Tcp);
+        let close = Arc::new(Notify::new());
+        // Grown to the largest query seen, not 64 KiB up front: idle connections are
+        // what a server holds most of.
+        let mut packet = Vec::new();
+        let mut out = Vec::new();
+        let result = loop {
+            let ticket = self.waiting.enter(&close);
+            let read = tokio::select! {
+                read = tokio::time::timeout(self.idle, read_query(&mut stream, &mut packet)) => read,
+                () = close.notified() => break Ok(()),
+            };
+            self.waiting.leave(ticket);
+            match read {
+                Err(_) | Ok(Ok(false)) => break Ok(()),
+                Ok(Err(e)) => break Err(e),
+                Ok(Ok(true)) => {}
+            }
+            let started = Instant::now();
+            let answered = answer(&packet, self.zone, self.index, Transport::Tcp, &mut out);
+            local.record(answered, started.elapsed().as_secs_f64());
+            let Some(_) = answered else {
+                // Nothing sensible to say to a peer that sends responses or runts.
+                break Ok(());
+            };
+            let length = (out.len() as u16).to_be_bytes();
+            let write = async {
+                stream.write_all(&length).await?;
+                stream.write_all(&out).await
+            };
+            match tokio::time::timeout(self.idle, write).await {
+                Err(_) => break Ok(()),
+                Ok(Err(e)) => break Err(e),
+                Ok(Ok(())) => {}
+            }
         };
-        let mut framed = Vec::with_capacity(out.len() + 2);
-        framed.extend_from_slice(&(out.len() as u16).to_be_bytes());
-        framed.extend_from_slice(&out);
-        stream.write_all(&framed).await?;
+        local.flush();
+        result
+    }
+}
+
+/// Reads one length-prefixed query into `packet`; false at a clean end of the stream.
+async fn read_query(stream: &mut TcpStream, packet: &mut Vec<u8>) -> io::Result<bool> {
+    let mut len = [0u8; 2];
+    match stream.read_exact(&mut len).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(false),
+        Err(e) => return Err(e),
+    }
+    packet.resize(u16::from_be_bytes(len) as usize, 0);
+    stream.read_exact(packet).await?;
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use hickory_proto::{
+        op::{Message, Query},
+        rr::{Name, RecordType},
     };
-    local.flush();
-    result
+    use prometheus::Registry;
+
+    use super::*;
+    use crate::dns::ZoneConfig;
+
+    /// A TCP responder for `auth.example.test` on loopback with `max` connections.
+    async fn responder(max: usize, idle: Duration) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let zone = Arc::new(Zone::new(&ZoneConfig::new("auth.example.test")).unwrap());
+        let metrics = DnsMetrics::new(&Registry::new()).unwrap();
+        let index = Arc::new(AccountIndex::new(1));
+        tokio::spawn(serve_tcp_with(listener, zone, index, metrics, max, idle));
+        addr
+    }
+
+    fn framed_query(id: u16) -> Vec<u8> {
+        let mut query = Message::query();
+        query.metadata.id = id;
+        query.add_query(Query::query(
+            Name::from_ascii("auth.example.test.").unwrap(),
+            RecordType::SOA,
+        ));
+        let bytes = query.to_vec().unwrap();
+        let mut framed = (bytes.len() as u16).to_be_bytes().to_vec();
+        framed.extend_from_slice(&bytes);
+        framed
+    }
+
+    /// Reads one framed answer; its id.
+    async fn answer_id(stream: &mut TcpStream) -> io::Result<u16> {
+        let mut len = [0u8; 2];
+        stream.read_exact(&mut len).await?;
+        let mut answer = vec![0u8; u16::from_be_bytes(len) as usize];
+        stream.read_exact(&mut answer).await?;
+        Ok(Message::from_vec(&answer).unwrap().metadata.id)
+    }
+
+    /// True when the server has closed `stream` (EOF or reset within a second).
+    async fn closed(stream: &mut TcpStream) -> bool {
+        let mut byte = [0u8; 1];
+        matches!(
+            tokio::time::timeout(Duration::from_secs(1), stream.read(&mut byte)).await,
+            Ok(Ok(0) | Err(_))
+        )
+    }
+
+    #[tokio::test]
+    async fn a_new_connection_at_the_limit_closes_the_one_idle_longest() {
+        let addr = responder(4, Duration::from_secs(60)).await;
+        let mut idle = Vec::new();
+        for _ in 0..4 {
+            idle.push(TcpStream::connect(addr).await.unwrap());
+            // Each starts waiting after the one before.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // One of them half-sends a query: it is waiting too, but began last.
+        let framed = framed_query(7);
+        idle[3].write_all(&framed[..3]).await.unwrap();
+
+        let started = Instant::now();
+        let mut new = TcpStream::connect(addr).await.unwrap();
+        new.write_all(&framed_query(1)).await.unwrap();
+        assert_eq!(answer_id(&mut new).await.unwrap(), 1);
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "answered at once"
+        );
+        assert!(
+            closed(&mut idle[0]).await,
+            "the oldest idle connection is closed"
+        );
+
+        // The others are still served, the half-sent query included.
+        idle[3].write_all(&framed[3..]).await.unwrap();
+        assert_eq!(answer_id(&mut idle[3]).await.unwrap(), 7);
+        idle[1].write_all(&framed_query(2)).await.unwrap();
+        assert_eq!(answer_id(&mut idle[1]).await.unwrap(), 2);
+    }
+
+    #[tokio::test]
+    async fn pipelined_queries_are_answered_in_order_on_one_connection() {
+        let addr = responder(4, Duration::from_secs(60)).await;
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        let mut all = Vec::new();
+        for id in 1..=20 {
+            all.extend_from_slice(&framed_query(id));
+        }
+        stream.write_all(&all).await.unwrap();
+        for id in 1..=20 {
+            assert_eq!(answer_id(&mut stream).await.unwrap(), id);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_silent_client_is_closed_after_the_idle_time() {
+        let addr = responder(4, Duration::from_millis(300)).await;
+        let mut silent = TcpStream::connect(addr).await.unwrap();
+        // Half a query, then nothing.
+        silent.write_all(&framed_query(3)[..5]).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(closed(&mut silent).await);
+    }
 }
