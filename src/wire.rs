@@ -224,11 +224,16 @@ fn skip_record(packet: &[u8], mut pos: usize) -> Option<(usize, u16, bool)> {
     Some((pos + rdlen, rtype, owner_is_root))
 }
 
-/// Header flags for a response to a query with `query_flags`: QR set, opcode, RD and
-/// CD copied (RFC 1035 §4.1.1, RFC 4035 §3.1.6), RA never (we do not recurse).
+/// Header flags for a response to a query with `query_flags`: QR set, opcode copied,
+/// RD and CD copied for QUERY (RFC 1035 §4.1.1, RFC 4035 §3.1.6) and left clear for any
+/// other opcode, whose meaning of them we do not know; RA never (we do not recurse).
 #[inline]
 pub fn response_flags(query_flags: u16, authoritative: bool, truncated: bool, rcode: u8) -> u16 {
-    let mut flags = FLAG_QR | (query_flags & (OPCODE_MASK | FLAG_RD | FLAG_CD));
+    let opcode = query_flags & OPCODE_MASK;
+    let mut flags = FLAG_QR | opcode;
+    if opcode == 0 {
+        flags |= query_flags & (FLAG_RD | FLAG_CD);
+    }
     if authoritative {
         flags |= FLAG_AA;
     }

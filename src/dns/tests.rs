@@ -396,6 +396,35 @@ fn other_opcodes_are_not_implemented() {
     assert_eq!(response.metadata.response_code, ResponseCode::NotImp);
 }
 
+#[test]
+fn rd_and_cd_are_copied_for_query_only() {
+    // For other opcodes we do not know what the bits mean, so the NOTIMP has them clear
+    // (ISC genreport's opcodeflg test); the opcode itself is still echoed.
+    for opcode in [0u8, 1, 2, 3, 4, 5, 15] {
+        let mut packet = query_bytes("auth.example.test.", RecordType::SOA, None);
+        packet[2] = opcode << 3 | 0x01; // RD
+        packet[3] = 0x10; // CD
+        let (_, bytes) = respond(&packet, Transport::Udp).unwrap();
+        let response = Message::from_vec(&bytes).unwrap();
+        let query = opcode == 0;
+        assert_eq!(u8::from(response.metadata.op_code), opcode);
+        assert_eq!(
+            response.metadata.recursion_desired, query,
+            "RD, opcode {opcode}"
+        );
+        assert_eq!(
+            response.metadata.checking_disabled, query,
+            "CD, opcode {opcode}"
+        );
+        let rcode = if query {
+            ResponseCode::NoError
+        } else {
+            ResponseCode::NotImp
+        };
+        assert_eq!(response.metadata.response_code, rcode);
+    }
+}
+
 fn formerr(packet: &[u8]) -> Vec<u8> {
     let (answered, bytes) = respond(packet, Transport::Udp).expect("FORMERR, not a drop");
     assert_eq!(answered.rcode, 1, "{packet:02x?}");
