@@ -425,6 +425,118 @@ fn rd_and_cd_are_copied_for_query_only() {
     }
 }
 
+/// A header with id 0x4242, built by hand for packets hickory will not write.
+fn raw_header(flags: u16, counts: [u16; 4]) -> Vec<u8> {
+    let mut header = vec![0x42, 0x42];
+    header.extend_from_slice(&flags.to_be_bytes());
+    for count in counts {
+        header.extend_from_slice(&count.to_be_bytes());
+    }
+    header
+}
+
+/// An OPT record as a client sends it: owned by the root, 4096-byte buffer, version 0,
+/// `rdata` as the option list, well-formed or not.
+fn client_opt(dnssec_ok: bool, rdata: &[u8]) -> Vec<u8> {
+    let mut opt = vec![
+        0,
+        0,
+        41,
+        0x10,
+        0x00,
+        0,
+        0,
+        if dnssec_ok { 0x80 } else { 0 },
+        0,
+    ];
+    opt.extend_from_slice(&(rdata.len() as u16).to_be_bytes());
+    opt.extend_from_slice(rdata);
+    opt
+}
+
+/// The OPT record of our answers: our payload size, version 0, no options.
+fn our_opt(dnssec_ok: bool) -> Vec<u8> {
+    let mut opt = vec![0, 0, 41];
+    opt.extend_from_slice(&answer::MAX_UDP_PAYLOAD.to_be_bytes());
+    opt.extend_from_slice(&[0, 0, if dnssec_ok { 0x80 } else { 0 }, 0, 0, 0]);
+    opt
+}
+
+/// A client COOKIE option (RFC 7873 §4): code 10, eight bytes.
+const CLIENT_COOKIE: [u8; 12] = [0, 10, 0, 8, 1, 2, 3, 4, 5, 6, 7, 8];
+
+fn concat(parts: &[&[u8]]) -> Vec<u8> {
+    parts.concat()
+}
+
+#[test]
+fn edns_queries_rejected_at_the_header_get_an_opt() {
+    // RFC 6891 §6.1.1: an OPT in the request means one in the response, whatever the
+    // RCODE.
+    let question = &query_bytes("auth.example.test.", RecordType::SOA, None)[12..];
+    let cookie = client_opt(false, &CLIENT_COOKIE);
+
+    // An unassigned opcode (3), DO set: NOTIMP with our OPT, DO copied.
+    let packet = concat(&[
+        &raw_header(3 << 11, [1, 0, 0, 1]),
+        question,
+        &client_opt(true, &CLIENT_COOKIE),
+    ]);
+    let (answered, bytes) = respond(&packet, Transport::Udp).unwrap();
+    assert_eq!(answered.rcode, 4);
+    assert_eq!(
+        bytes,
+        concat(&[
+            &raw_header(0x8000 | 3 << 11 | 4, [0, 0, 0, 1]),
+            &our_opt(true)
+        ])
+    );
+    let response = Message::from_vec(&bytes).unwrap();
+    assert_eq!(response.metadata.op_code, OpCode::Unknown(3));
+    assert_eq!(response.metadata.response_code, ResponseCode::NotImp);
+    let edns = response.edns.expect("OPT in the NOTIMP");
+    assert_eq!(edns.version(), 0);
+    assert_eq!(edns.max_payload(), answer::MAX_UDP_PAYLOAD);
+    assert!(edns.flags().dnssec_ok);
+    assert!(edns.options().as_ref().is_empty());
+
+    // No question, only an OPT with a cookie: FORMERR with our OPT.
+    let packet = concat(&[&raw_header(0, [0, 0, 0, 1]), &cookie]);
+    assert_eq!(
+        formerr(&packet),
+        concat(&[&raw_header(0x8001, [0, 0, 0, 1]), &our_opt(false)])
+    );
+    let response = Message::from_vec(&formerr(&packet)).unwrap();
+    assert_eq!(response.metadata.response_code, ResponseCode::FormErr);
+    assert!(response.edns.is_some());
+
+    // Two questions, the second owned by a compression pointer to the first.
+    let second = concat(&[&[0xC0, 12], &question[question.len() - 4..]]);
+    let packet = concat(&[&raw_header(0, [2, 0, 0, 1]), question, &second, &cookie]);
+    assert_eq!(
+        formerr(&packet),
+        concat(&[&raw_header(0x8001, [0, 0, 0, 1]), &our_opt(false)])
+    );
+
+    // An OPT read whole counts even when a record promised after it is missing.
+    let packet = concat(&[&raw_header(0, [0, 0, 0, 2]), &cookie]);
+    assert_eq!(
+        formerr(&packet),
+        concat(&[&raw_header(0x8001, [0, 0, 0, 1]), &our_opt(false)])
+    );
+
+    // Without an OPT, or when it cannot be read whole, the answer is the header alone.
+    for packet in [
+        concat(&[&raw_header(3 << 11, [1, 0, 0, 0]), question]),
+        concat(&[&raw_header(0, [0, 0, 0, 1]), &cookie[..cookie.len() - 1]]),
+        concat(&[&raw_header(0, [2, 0, 0, 1]), question, &cookie]),
+    ] {
+        let (_, bytes) = respond(&packet, Transport::Udp).unwrap();
+        assert_eq!(bytes.len(), 12, "{packet:02x?}");
+        assert_eq!(&bytes[10..12], &[0, 0], "no additional records");
+    }
+}
+
 fn formerr(packet: &[u8]) -> Vec<u8> {
     let (answered, bytes) = respond(packet, Transport::Udp).expect("FORMERR, not a drop");
     assert_eq!(answered.rcode, 1, "{packet:02x?}");
