@@ -198,10 +198,14 @@ fn read_records(
         malformed: false,
     };
     for _ in 0..(ancount as u32 + nscount as u32) {
-        let Some((next, _, _)) = skip_record(packet, pos) else {
+        let Some((next, rtype, _)) = skip_record(packet, pos) else {
             records.malformed = true;
             return records;
         };
+        // OPT is a pseudo-record of the additional section only (RFC 6891 §6.1.1).
+        if rtype == TYPE_OPT {
+            records.malformed = true;
+        }
         pos = next;
     }
     for _ in 0..arcount {
@@ -222,11 +226,32 @@ fn read_records(
                     version: (ttl >> 16) as u8,
                     dnssec_ok: ttl & 0x8000 != 0,
                 });
+                // RFC 6891 §7: an option list that does not end exactly at the end of
+                // the RDATA is malformed.
+                if !options_well_formed(&fixed[10..]) {
+                    records.malformed = true;
+                }
             }
         }
         pos = next;
     }
     records
+}
+
+/// Whether OPT RDATA is a whole number of options: code (16 bits), length (16 bits)
+/// and that many bytes of data, each (RFC 6891 §6.1.2).
+fn options_well_formed(mut rdata: &[u8]) -> bool {
+    while !rdata.is_empty() {
+        let Some(header) = rdata.get(..4) else {
+            return false;
+        };
+        let len = u16::from_be_bytes([header[2], header[3]]) as usize;
+        let Some(rest) = rdata.get(4 + len..) else {
+            return false;
+        };
+        rdata = rest;
+    }
+    true
 }
 
 /// Position of a record's fixed part (type, class, ttl, rdlength) when its owner is the

@@ -537,6 +537,47 @@ fn edns_queries_rejected_at_the_header_get_an_opt() {
     }
 }
 
+#[test]
+fn malformed_edns_options_and_misplaced_opt_get_formerr() {
+    let question = &query_bytes("auth.example.test.", RecordType::SOA, None)[12..];
+    let formerr_with_opt = concat(&[&raw_header(0x8101, [0, 0, 0, 1]), &our_opt(false)]);
+
+    // RFC 6891 §7: options that do not end exactly at the end of the RDATA.
+    for rdata in [
+        &[0, 10, 0, 8, 1, 2, 3, 4][..],            // length past the end
+        &[0, 10],                                  // option header cut short
+        &[0, 10, 0, 8, 1, 2, 3, 4, 5, 6, 7, 8, 0], // a stray byte after the option
+        &[0, 10, 0, 8, 1, 2, 3, 4, 5, 6, 7, 8, 0, 12, 0], // second header cut short
+    ] {
+        let packet = concat(&[
+            &raw_header(0x0100, [1, 0, 0, 1]),
+            question,
+            &client_opt(false, rdata),
+        ]);
+        assert_eq!(formerr(&packet), formerr_with_opt, "options {rdata:02x?}");
+    }
+
+    // Whole options, empty ones included, are fine.
+    let options = concat(&[&CLIENT_COOKIE, &[0, 12, 0, 0]]);
+    let packet = concat(&[
+        &raw_header(0x0100, [1, 0, 0, 1]),
+        question,
+        &client_opt(false, &options),
+    ]);
+    let (answered, bytes) = respond(&packet, Transport::Udp).unwrap();
+    assert_eq!(answered.rcode, 0);
+    let response = Message::from_vec(&bytes).unwrap();
+    assert_eq!(response.answers[0].record_type(), RecordType::SOA);
+    assert!(response.edns.is_some());
+
+    // An OPT outside the additional section (RFC 6891 §6.1.1).
+    let opt = client_opt(false, &[]);
+    let in_answers = concat(&[&raw_header(0x0100, [1, 1, 0, 0]), question, &opt]);
+    assert_eq!(formerr(&in_answers), raw_header(0x8101, [0; 4]));
+    let in_authority = concat(&[&raw_header(0x0100, [1, 0, 1, 1]), question, &opt, &opt]);
+    assert_eq!(formerr(&in_authority), formerr_with_opt);
+}
+
 fn formerr(packet: &[u8]) -> Vec<u8> {
     let (answered, bytes) = respond(packet, Transport::Udp).expect("FORMERR, not a drop");
     assert_eq!(answered.rcode, 1, "{packet:02x?}");
