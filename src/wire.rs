@@ -80,8 +80,14 @@ pub enum Reject {
     /// Not worth an answer: shorter than a header, or itself a response (answering
     /// responses invites loops between servers).
     Drop,
-    /// Answer with this RCODE and no question section.
-    Rcode { id: u16, flags: u16, rcode: u8 },
+    /// Answer with this RCODE and no question section; with an OPT record when `edns`
+    /// is set, since the query carried one (RFC 6891 §6.1.1).
+    Rcode {
+        id: u16,
+        flags: u16,
+        rcode: u8,
+        edns: Option<Edns>,
+    },
 }
 
 /// Reads a query. Never panics, whatever the bytes.
@@ -94,22 +100,32 @@ pub fn parse_query(packet: &[u8]) -> Result<Query<'_>, Reject> {
     if flags & FLAG_QR != 0 {
         return Err(Reject::Drop);
     }
-    let formerr = Reject::Rcode {
-        id,
-        flags,
-        rcode: RCODE_FORMERR,
-    };
-    if flags & OPCODE_MASK != 0 {
-        return Err(Reject::Rcode {
-            id,
-            flags,
-            rcode: RCODE_NOTIMP,
-        });
-    }
     let count = |at: usize| u16::from_be_bytes([packet[at], packet[at + 1]]);
     let (qdcount, ancount, nscount, arcount) = (count(4), count(6), count(8), count(10));
-    if qdcount != 1 {
-        return Err(formerr);
+    let reject = |rcode: u8, edns: Option<Edns>| Reject::Rcode {
+        id,
+        flags,
+        rcode,
+        edns,
+    };
+
+    // Rejected at the header. The rest is still read, as leniently as the sections
+    // allow, only to find an OPT record: the answer must then carry one too.
+    let header_rcode = if flags & OPCODE_MASK != 0 {
+        Some(RCODE_NOTIMP)
+    } else if qdcount != 1 {
+        Some(RCODE_FORMERR)
+    } else {
+        None
+    };
+    if let Some(rcode) = header_rcode {
+        let mut pos = Some(HEADER_LEN);
+        for _ in 0..qdcount {
+            let Some(at) = pos else { break };
+            pos = skip_name(packet, at).and_then(|at| packet.get(at..at + 4).map(|_| at + 4));
+        }
+        let edns = pos.and_then(|at| read_records(packet, at, ancount, nscount, arcount).edns);
+        return Err(reject(rcode, edns));
     }
 
     // Question name: plain labels only. A compression pointer in the first name of a
@@ -119,52 +135,33 @@ pub fn parse_query(packet: &[u8]) -> Result<Query<'_>, Reject> {
     let mut label_count = 0;
     loop {
         let Some(&len) = packet.get(pos) else {
-            return Err(formerr);
+            return Err(reject(RCODE_FORMERR, None));
         };
         if len == 0 {
             pos += 1;
             break;
         }
         if len & 0xC0 != 0 || label_count == MAX_LABELS {
-            return Err(formerr);
+            return Err(reject(RCODE_FORMERR, None));
         }
         label_offsets[label_count] = (pos - HEADER_LEN) as u8;
         label_count += 1;
         pos += 1 + len as usize;
         if pos - HEADER_LEN > 255 {
-            return Err(formerr);
+            return Err(reject(RCODE_FORMERR, None));
         }
     }
     let Some(tail) = packet.get(pos..pos + 4) else {
-        return Err(formerr);
+        return Err(reject(RCODE_FORMERR, None));
     };
     let qtype = u16::from_be_bytes([tail[0], tail[1]]);
     let qclass = u16::from_be_bytes([tail[2], tail[3]]);
     pos += 4;
     let question = &packet[HEADER_LEN..pos];
 
-    // Skip answer and authority records; find OPT among the additional ones.
-    for _ in 0..(ancount as u32 + nscount as u32) {
-        pos = skip_record(packet, pos).ok_or(formerr_of(id, flags))?.0;
-    }
-    let mut edns = None;
-    for _ in 0..arcount {
-        let (next, rtype, owner_is_root) = skip_record(packet, pos).ok_or(formerr_of(id, flags))?;
-        if rtype == TYPE_OPT {
-            // RFC 6891 §6.1.1: one OPT, owned by the root.
-            if edns.is_some() || !owner_is_root {
-                return Err(formerr_of(id, flags));
-            }
-            let fixed = &packet[next_fixed(pos)..];
-            let class = u16::from_be_bytes([fixed[2], fixed[3]]);
-            let ttl = u32::from_be_bytes([fixed[4], fixed[5], fixed[6], fixed[7]]);
-            edns = Some(Edns {
-                udp_size: class,
-                version: (ttl >> 16) as u8,
-                dnssec_ok: ttl & 0x8000 != 0,
-            });
-        }
-        pos = next;
+    let records = read_records(packet, pos, ancount, nscount, arcount);
+    if records.malformed {
+        return Err(reject(RCODE_FORMERR, records.edns));
     }
 
     Ok(Query {
@@ -175,16 +172,86 @@ pub fn parse_query(packet: &[u8]) -> Result<Query<'_>, Reject> {
         label_count,
         qtype,
         qclass,
-        edns,
+        edns: records.edns,
     })
 }
 
-fn formerr_of(id: u16, flags: u16) -> Reject {
-    Reject::Rcode {
-        id,
-        flags,
-        rcode: RCODE_FORMERR,
+/// What the answer, authority and additional sections of a query hold.
+struct Records {
+    /// The OPT record, when one owned by the root was read whole, even if something
+    /// else makes the query malformed: the FORMERR then carries an OPT too.
+    edns: Option<Edns>,
+    malformed: bool,
+}
+
+/// Reads the records from `pos` on: the answer and authority sections are skipped, the
+/// additional section searched for the OPT record (RFC 6891 §6.1.1).
+fn read_records(
+    packet: &[u8],
+    mut pos: usize,
+    ancount: u16,
+    nscount: u16,
+    arcount: u16,
+) -> Records {
+    let mut records = Records {
+        edns: None,
+        malformed: false,
+    };
+    for _ in 0..(ancount as u32 + nscount as u32) {
+        let Some((next, rtype, _)) = skip_record(packet, pos) else {
+            records.malformed = true;
+            return records;
+        };
+        // OPT is a pseudo-record of the additional section only (RFC 6891 §6.1.1).
+        if rtype == TYPE_OPT {
+            records.malformed = true;
+        }
+        pos = next;
     }
+    for _ in 0..arcount {
+        let Some((next, rtype, owner_is_root)) = skip_record(packet, pos) else {
+            records.malformed = true;
+            return records;
+        };
+        if rtype == TYPE_OPT {
+            // RFC 6891 §6.1.1: one OPT, owned by the root.
+            if records.edns.is_some() || !owner_is_root {
+                records.malformed = true;
+            } else {
+                let fixed = &packet[next_fixed(pos)..next];
+                let class = u16::from_be_bytes([fixed[2], fixed[3]]);
+                let ttl = u32::from_be_bytes([fixed[4], fixed[5], fixed[6], fixed[7]]);
+                records.edns = Some(Edns {
+                    udp_size: class,
+                    version: (ttl >> 16) as u8,
+                    dnssec_ok: ttl & 0x8000 != 0,
+                });
+                // RFC 6891 §7: an option list that does not end exactly at the end of
+                // the RDATA is malformed.
+                if !options_well_formed(&fixed[10..]) {
+                    records.malformed = true;
+                }
+            }
+        }
+        pos = next;
+    }
+    records
+}
+
+/// Whether OPT RDATA is a whole number of options: code (16 bits), length (16 bits)
+/// and that many bytes of data, each (RFC 6891 §6.1.2).
+fn options_well_formed(mut rdata: &[u8]) -> bool {
+    while !rdata.is_empty() {
+        let Some(header) = rdata.get(..4) else {
+            return false;
+        };
+        let len = u16::from_be_bytes([header[2], header[3]]) as usize;
+        let Some(rest) = rdata.get(4 + len..) else {
+            return false;
+        };
+        rdata = rest;
+    }
+    true
 }
 
 /// Position of a record's fixed part (type, class, ttl, rdlength) when its owner is the
@@ -193,21 +260,17 @@ fn next_fixed(record_start: usize) -> usize {
     record_start + 1
 }
 
-/// Skips one resource record; returns the next position, its type, and whether its
-/// owner is the root name.
-fn skip_record(packet: &[u8], mut pos: usize) -> Option<(usize, u16, bool)> {
+/// Skips a name, which may end in a compression pointer; returns the position after it.
+fn skip_name(packet: &[u8], mut pos: usize) -> Option<usize> {
     let start = pos;
     loop {
         let len = *packet.get(pos)?;
         match len & 0xC0 {
-            0x00 if len == 0 => {
-                pos += 1;
-                break;
-            }
+            0x00 if len == 0 => return Some(pos + 1),
             0x00 => pos += 1 + len as usize,
             0xC0 => {
-                pos += 2;
-                break;
+                packet.get(pos + 1)?;
+                return Some(pos + 2);
             }
             _ => return None,
         }
@@ -215,6 +278,12 @@ fn skip_record(packet: &[u8], mut pos: usize) -> Option<(usize, u16, bool)> {
             return None;
         }
     }
+}
+
+/// Skips one resource record; returns the next position, its type, and whether its
+/// owner is the root name.
+fn skip_record(packet: &[u8], start: usize) -> Option<(usize, u16, bool)> {
+    let mut pos = skip_name(packet, start)?;
     let owner_is_root = pos == start + 1;
     let fixed = packet.get(pos..pos + 10)?;
     let rtype = u16::from_be_bytes([fixed[0], fixed[1]]);
@@ -224,11 +293,16 @@ fn skip_record(packet: &[u8], mut pos: usize) -> Option<(usize, u16, bool)> {
     Some((pos + rdlen, rtype, owner_is_root))
 }
 
-/// Header flags for a response to a query with `query_flags`: QR set, opcode, RD and
-/// CD copied (RFC 1035 §4.1.1, RFC 4035 §3.1.6), RA never (we do not recurse).
+/// Header flags for a response to a query with `query_flags`: QR set, opcode copied,
+/// RD and CD copied for QUERY (RFC 1035 §4.1.1, RFC 4035 §3.1.6) and left clear for any
+/// other opcode, whose meaning of them we do not know; RA never (we do not recurse).
 #[inline]
 pub fn response_flags(query_flags: u16, authoritative: bool, truncated: bool, rcode: u8) -> u16 {
-    let mut flags = FLAG_QR | (query_flags & (OPCODE_MASK | FLAG_RD | FLAG_CD));
+    let opcode = query_flags & OPCODE_MASK;
+    let mut flags = FLAG_QR | opcode;
+    if opcode == 0 {
+        flags |= query_flags & (FLAG_RD | FLAG_CD);
+    }
     if authoritative {
         flags |= FLAG_AA;
     }

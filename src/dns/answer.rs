@@ -48,13 +48,22 @@ pub fn answer(
     let query = match wire::parse_query(packet) {
         Ok(query) => query,
         Err(Reject::Drop) => return None,
-        Err(Reject::Rcode { id, flags, rcode }) => {
+        Err(Reject::Rcode {
+            id,
+            flags,
+            rcode,
+            edns,
+        }) => {
             wire::write_header(
                 out,
                 id,
                 wire::response_flags(flags, false, false, rcode),
-                [0; 4],
+                [0, 0, 0, u16::from(edns.is_some())],
             );
+            if let Some(edns) = edns {
+                // RFC 6891 §6.1.1: an OPT in the query means one in the response.
+                wire::write_opt(out, MAX_UDP_PAYLOAD, 0, edns.dnssec_ok);
+            }
             return Some(Answered {
                 qtype: 0,
                 rcode: rcode as u16,

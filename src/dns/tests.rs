@@ -396,6 +396,188 @@ fn other_opcodes_are_not_implemented() {
     assert_eq!(response.metadata.response_code, ResponseCode::NotImp);
 }
 
+#[test]
+fn rd_and_cd_are_copied_for_query_only() {
+    // For other opcodes we do not know what the bits mean, so the NOTIMP has them clear
+    // (ISC genreport's opcodeflg test); the opcode itself is still echoed.
+    for opcode in [0u8, 1, 2, 3, 4, 5, 15] {
+        let mut packet = query_bytes("auth.example.test.", RecordType::SOA, None);
+        packet[2] = opcode << 3 | 0x01; // RD
+        packet[3] = 0x10; // CD
+        let (_, bytes) = respond(&packet, Transport::Udp).unwrap();
+        let response = Message::from_vec(&bytes).unwrap();
+        let query = opcode == 0;
+        assert_eq!(u8::from(response.metadata.op_code), opcode);
+        assert_eq!(
+            response.metadata.recursion_desired, query,
+            "RD, opcode {opcode}"
+        );
+        assert_eq!(
+            response.metadata.checking_disabled, query,
+            "CD, opcode {opcode}"
+        );
+        let rcode = if query {
+            ResponseCode::NoError
+        } else {
+            ResponseCode::NotImp
+        };
+        assert_eq!(response.metadata.response_code, rcode);
+    }
+}
+
+/// A header with id 0x4242, built by hand for packets hickory will not write.
+fn raw_header(flags: u16, counts: [u16; 4]) -> Vec<u8> {
+    let mut header = vec![0x42, 0x42];
+    header.extend_from_slice(&flags.to_be_bytes());
+    for count in counts {
+        header.extend_from_slice(&count.to_be_bytes());
+    }
+    header
+}
+
+/// An OPT record as a client sends it: owned by the root, 4096-byte buffer, version 0,
+/// `rdata` as the option list, well-formed or not.
+fn client_opt(dnssec_ok: bool, rdata: &[u8]) -> Vec<u8> {
+    let mut opt = vec![
+        0,
+        0,
+        41,
+        0x10,
+        0x00,
+        0,
+        0,
+        if dnssec_ok { 0x80 } else { 0 },
+        0,
+    ];
+    opt.extend_from_slice(&(rdata.len() as u16).to_be_bytes());
+    opt.extend_from_slice(rdata);
+    opt
+}
+
+/// The OPT record of our answers: our payload size, version 0, no options.
+fn our_opt(dnssec_ok: bool) -> Vec<u8> {
+    let mut opt = vec![0, 0, 41];
+    opt.extend_from_slice(&answer::MAX_UDP_PAYLOAD.to_be_bytes());
+    opt.extend_from_slice(&[0, 0, if dnssec_ok { 0x80 } else { 0 }, 0, 0, 0]);
+    opt
+}
+
+/// A client COOKIE option (RFC 7873 §4): code 10, eight bytes.
+const CLIENT_COOKIE: [u8; 12] = [0, 10, 0, 8, 1, 2, 3, 4, 5, 6, 7, 8];
+
+fn concat(parts: &[&[u8]]) -> Vec<u8> {
+    parts.concat()
+}
+
+#[test]
+fn edns_queries_rejected_at_the_header_get_an_opt() {
+    // RFC 6891 §6.1.1: an OPT in the request means one in the response, whatever the
+    // RCODE.
+    let question = &query_bytes("auth.example.test.", RecordType::SOA, None)[12..];
+    let cookie = client_opt(false, &CLIENT_COOKIE);
+
+    // An unassigned opcode (3), DO set: NOTIMP with our OPT, DO copied.
+    let packet = concat(&[
+        &raw_header(3 << 11, [1, 0, 0, 1]),
+        question,
+        &client_opt(true, &CLIENT_COOKIE),
+    ]);
+    let (answered, bytes) = respond(&packet, Transport::Udp).unwrap();
+    assert_eq!(answered.rcode, 4);
+    assert_eq!(
+        bytes,
+        concat(&[
+            &raw_header(0x8000 | 3 << 11 | 4, [0, 0, 0, 1]),
+            &our_opt(true)
+        ])
+    );
+    let response = Message::from_vec(&bytes).unwrap();
+    assert_eq!(response.metadata.op_code, OpCode::Unknown(3));
+    assert_eq!(response.metadata.response_code, ResponseCode::NotImp);
+    let edns = response.edns.expect("OPT in the NOTIMP");
+    assert_eq!(edns.version(), 0);
+    assert_eq!(edns.max_payload(), answer::MAX_UDP_PAYLOAD);
+    assert!(edns.flags().dnssec_ok);
+    assert!(edns.options().as_ref().is_empty());
+
+    // No question, only an OPT with a cookie: FORMERR with our OPT.
+    let packet = concat(&[&raw_header(0, [0, 0, 0, 1]), &cookie]);
+    assert_eq!(
+        formerr(&packet),
+        concat(&[&raw_header(0x8001, [0, 0, 0, 1]), &our_opt(false)])
+    );
+    let response = Message::from_vec(&formerr(&packet)).unwrap();
+    assert_eq!(response.metadata.response_code, ResponseCode::FormErr);
+    assert!(response.edns.is_some());
+
+    // Two questions, the second owned by a compression pointer to the first.
+    let second = concat(&[&[0xC0, 12], &question[question.len() - 4..]]);
+    let packet = concat(&[&raw_header(0, [2, 0, 0, 1]), question, &second, &cookie]);
+    assert_eq!(
+        formerr(&packet),
+        concat(&[&raw_header(0x8001, [0, 0, 0, 1]), &our_opt(false)])
+    );
+
+    // An OPT read whole counts even when a record promised after it is missing.
+    let packet = concat(&[&raw_header(0, [0, 0, 0, 2]), &cookie]);
+    assert_eq!(
+        formerr(&packet),
+        concat(&[&raw_header(0x8001, [0, 0, 0, 1]), &our_opt(false)])
+    );
+
+    // Without an OPT, or when it cannot be read whole, the answer is the header alone.
+    for packet in [
+        concat(&[&raw_header(3 << 11, [1, 0, 0, 0]), question]),
+        concat(&[&raw_header(0, [0, 0, 0, 1]), &cookie[..cookie.len() - 1]]),
+        concat(&[&raw_header(0, [2, 0, 0, 1]), question, &cookie]),
+    ] {
+        let (_, bytes) = respond(&packet, Transport::Udp).unwrap();
+        assert_eq!(bytes.len(), 12, "{packet:02x?}");
+        assert_eq!(&bytes[10..12], &[0, 0], "no additional records");
+    }
+}
+
+#[test]
+fn malformed_edns_options_and_misplaced_opt_get_formerr() {
+    let question = &query_bytes("auth.example.test.", RecordType::SOA, None)[12..];
+    let formerr_with_opt = concat(&[&raw_header(0x8101, [0, 0, 0, 1]), &our_opt(false)]);
+
+    // RFC 6891 §7: options that do not end exactly at the end of the RDATA.
+    for rdata in [
+        &[0, 10, 0, 8, 1, 2, 3, 4][..],            // length past the end
+        &[0, 10],                                  // option header cut short
+        &[0, 10, 0, 8, 1, 2, 3, 4, 5, 6, 7, 8, 0], // a stray byte after the option
+        &[0, 10, 0, 8, 1, 2, 3, 4, 5, 6, 7, 8, 0, 12, 0], // second header cut short
+    ] {
+        let packet = concat(&[
+            &raw_header(0x0100, [1, 0, 0, 1]),
+            question,
+            &client_opt(false, rdata),
+        ]);
+        assert_eq!(formerr(&packet), formerr_with_opt, "options {rdata:02x?}");
+    }
+
+    // Whole options, empty ones included, are fine.
+    let options = concat(&[&CLIENT_COOKIE, &[0, 12, 0, 0]]);
+    let packet = concat(&[
+        &raw_header(0x0100, [1, 0, 0, 1]),
+        question,
+        &client_opt(false, &options),
+    ]);
+    let (answered, bytes) = respond(&packet, Transport::Udp).unwrap();
+    assert_eq!(answered.rcode, 0);
+    let response = Message::from_vec(&bytes).unwrap();
+    assert_eq!(response.answers[0].record_type(), RecordType::SOA);
+    assert!(response.edns.is_some());
+
+    // An OPT outside the additional section (RFC 6891 §6.1.1).
+    let opt = client_opt(false, &[]);
+    let in_answers = concat(&[&raw_header(0x0100, [1, 1, 0, 0]), question, &opt]);
+    assert_eq!(formerr(&in_answers), raw_header(0x8101, [0; 4]));
+    let in_authority = concat(&[&raw_header(0x0100, [1, 0, 1, 1]), question, &opt, &opt]);
+    assert_eq!(formerr(&in_authority), formerr_with_opt);
+}
+
 fn formerr(packet: &[u8]) -> Vec<u8> {
     let (answered, bytes) = respond(packet, Transport::Udp).expect("FORMERR, not a drop");
     assert_eq!(answered.rcode, 1, "{packet:02x?}");
