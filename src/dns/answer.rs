@@ -121,7 +121,9 @@ pub fn answer(
                     response.out.extend_from_slice(&served.txt.records);
                     response.answers = served.txt.count;
                 }
-                TYPE_ANY => response.hinfo(zone),
+                // RFC 8482: one synthesised HINFO stands for the name's data; a name
+                // with none (no challenge pending) is NODATA, as for any other type.
+                TYPE_ANY if served.txt.count > 0 => response.hinfo(zone),
                 _ => {}
             })
             .is_some()

@@ -269,6 +269,11 @@ fn any_gets_a_minimal_answer() {
         &ask("missing.auth.example.test.", RecordType::ANY),
         ResponseCode::NXDomain,
     );
+    // An account with no value pending has no data to stand for: NODATA.
+    assert_negative(
+        &ask("empty.auth.example.test.", RecordType::ANY),
+        ResponseCode::NoError,
+    );
 }
 
 #[test]
