@@ -227,13 +227,15 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         futures::future::Either::Right(std::future::pending())
     };
 
+    // One writer for the webhook and the API, so their changes to an account batch together.
+    let txt = TxtWriter::new(
+        client.clone(),
+        index.clone(),
+        args.webhook.max_txt_values as usize,
+    );
     let webhook = if args.roles.contains(&Role::Webhook) {
         let solver = Solver {
-            txt: TxtWriter {
-                client: client.clone(),
-                index: index.clone(),
-                max_values: args.webhook.max_txt_values as usize,
-            },
+            txt: txt.clone(),
             resolver: AccountResolver {
                 index: index.clone(),
                 zone: args.dns.zone.clone(),
@@ -279,11 +281,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             zone: args.dns.zone.clone(),
             accounts: shared.clone(),
             credentials,
-            txt: TxtWriter {
-                client: client.clone(),
-                index: index.clone(),
-                max_values: args.webhook.max_txt_values as usize,
-            },
+            txt: txt.clone(),
         };
         let metrics = compat::metrics::ApiMetrics::new(&registry)?;
         let server = http_servers.spawn({

@@ -17,6 +17,8 @@ use serde_json::{Value, json};
 use kube_acme_dns::api::{AcmeDnsAccount, AcmeDnsAccountSpec, DnsLabel, DomainName};
 
 const SOLVER_PATH: &str = "/apis/acme.acmedns.io/v1alpha1/acme-dns";
+/// Presents at once on one account; the solver keeps up to 64 values per account.
+const CONCURRENT: usize = 50;
 
 struct Fixture {
     /// cert-manager's ServiceAccount, bound by the chart's domain-solver role.
@@ -39,8 +41,14 @@ async fn fixture() -> Fixture {
 
     // One process serves DNS and the webhook for every namespace; one controller per
     // tenant namespace assigns subdomains there.
-    let solver =
-        aggregation::start_solver(&["--roles", "dns,webhook", "--webhook-authorize"]).await;
+    let solver = aggregation::start_solver(&[
+        "--roles",
+        "dns,webhook",
+        "--webhook-authorize",
+        "--max-txt-values",
+        "64",
+    ])
+    .await;
     let controllers: Vec<common::Serve> = [&tenant_a, &tenant_b]
         .iter()
         .map(|ns| common::spawn_serve(ns, ns, &["--roles", "controller"]))
@@ -272,21 +280,48 @@ async fn present_is_answered_by_dns_at_once_and_clean_up_removes_exactly_its_key
     assert_eq!(txt_values(&api, "present").await, [KEY_TWO]);
 }
 
+/// 50 Presents on one account at once (a certificate with many names, or many
+/// certificates sharing one delegation), then 50 CleanUps: none fails for contention,
+/// all 50 values are answered, then none.
 async fn concurrent_presents_on_one_account_all_land(f: &Fixture) {
     let domain = format!("{}.example.test", common::unique_name("concurrent"));
-    let (api, _) = account_with(f, &f.tenant_a, "concurrent", &domain).await;
+    let (api, fqdn) = account_with(f, &f.tenant_a, "concurrent", &domain).await;
     let challenge = Challenge::new(&domain, &f.tenant_a);
-    let keys: Vec<String> = (0..6).map(|i| format!("concurrent-key-{i}")).collect();
+    let mut keys: Vec<String> = (0..CONCURRENT)
+        .map(|i| format!("concurrent-key-{i:02}-{}", "k".repeat(30)))
+        .collect();
+    keys.sort();
+
+    let started = std::time::Instant::now();
     let replies =
         futures::future::join_all(keys.iter().map(|k| present(&f.cert_manager, &challenge, k)))
             .await;
+    let presented = started.elapsed();
     for reply in &replies {
         assert_solved(reply);
     }
-    let values = txt_values(&api, "concurrent").await;
-    for k in &keys {
-        assert!(values.contains(k), "{k} lost among {values:?}");
+    let mut values = txt_values(&api, "concurrent").await;
+    values.sort();
+    assert_eq!(values, keys, "every value stored, once");
+    assert_eq!(served_txt(f, &fqdn), keys, "every value answered");
+
+    let started = std::time::Instant::now();
+    let replies = futures::future::join_all(
+        keys.iter()
+            .map(|k| clean_up(&f.cert_manager, &challenge, k)),
+    )
+    .await;
+    let cleaned = started.elapsed();
+    for reply in &replies {
+        assert_solved(reply);
     }
+    assert_eq!(txt_values(&api, "concurrent").await, Vec::<String>::new());
+    assert_eq!(served_txt(f, &fqdn), Vec::<String>::new());
+    eprintln!(
+        "{CONCURRENT} concurrent Presents on one account in {:.2} s, {CONCURRENT} CleanUps in {:.2} s",
+        presented.as_secs_f64(),
+        cleaned.as_secs_f64()
+    );
 }
 
 async fn unknown_domain_fails_with_how_to_create_an_account(f: &Fixture) {
