@@ -103,7 +103,9 @@ pub struct DnsArgs {
     #[arg(long, env = "KUBE_ACME_DNS_ZONE", default_value = "auth.example.test")]
     pub zone: String,
 
-    /// UDP and TCP address of the DNS responder.
+    /// UDP and TCP address of the DNS responder. `0.0.0.0:<port>` also listens on
+    /// `[::]:<port>` for IPv6 (IPv4 only on a host without IPv6). On a wildcard address,
+    /// each UDP answer leaves from the address its query was sent to.
     #[arg(long, env = "KUBE_ACME_DNS_DNS_ADDR", default_value = "127.0.0.1:5353")]
     pub dns_addr: SocketAddr,
 
@@ -215,7 +217,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         };
         let sockets = DnsSockets::bind(args.dns.dns_addr, threads)
             .with_context(|| format!("cannot listen for DNS on {}", args.dns.dns_addr))?;
-        info!(addr = %sockets.local_addr, zone = %args.dns.zone, threads, "answering DNS over UDP and TCP");
+        info!(addr = %sockets.local_addr, ipv6_addr = ?sockets.ipv6_addr, zone = %args.dns.zone, threads, "answering DNS over UDP and TCP");
         let metrics = DnsMetrics::new(&registry)?;
         futures::future::Either::Left(sockets.serve(
             zone.clone(),

@@ -4,11 +4,17 @@
 //! kernel spreads queries across them: no async machinery between the socket and the
 //! answer, which is where the stock server spends its time. TCP (RFC 7766) runs on the
 //! tokio runtime; it carries little traffic (truncated retries, checks).
+//!
+//! A wildcard bind answers on every address of the host; each UDP answer leaves from the
+//! address its query was sent to (see `UdpReplier`). `0.0.0.0` brings `[::]` along, so
+//! IPv6 is served next to IPv4.
 
 use std::{
     collections::BTreeMap,
-    io,
-    net::SocketAddr,
+    io, mem,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    os::fd::AsRawFd,
+    ptr,
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -17,13 +23,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use socket2::{Domain, Protocol, Socket, Type};
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
     sync::{Notify, Semaphore},
 };
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use super::{Transport, Zone, answer, metrics::DnsMetrics};
 use crate::index::AccountIndex;
@@ -39,32 +45,57 @@ const TCP_MAX_CONNECTIONS: usize = 1024;
 /// configured port was 0.
 pub struct DnsSockets {
     pub local_addr: SocketAddr,
+    /// `[::]` on the same port, when `local_addr` is `0.0.0.0` and the host has IPv6.
+    pub ipv6_addr: Option<SocketAddr>,
     udp: Vec<std::net::UdpSocket>,
-    tcp: std::net::TcpListener,
+    tcp: Vec<std::net::TcpListener>,
 }
 
 impl DnsSockets {
-    /// Binds `threads` UDP sockets and one TCP listener on `addr`.
+    /// Binds `threads` UDP sockets and one TCP listener on `addr`. When `addr` is
+    /// `0.0.0.0:<port>`, binds as many again on `[::]:<port>`, IPv6 only, unless the host
+    /// has no IPv6.
     pub fn bind(addr: SocketAddr, threads: usize) -> io::Result<Self> {
-        let first = udp_socket(addr)?;
-        let local_addr = first.local_addr()?;
-        let mut udp = vec![first];
-        for _ in 1..threads.max(1) {
-            udp.push(udp_socket(local_addr)?);
+        // Port 0 is chosen by the first bind, and the other sockets need that same port,
+        // which something else may hold: then choose again.
+        let mut attempts = if addr.port() == 0 { 8 } else { 1 };
+        loop {
+            attempts -= 1;
+            match Self::bind_once(addr, threads) {
+                Err(e) if e.kind() == io::ErrorKind::AddrInUse && attempts > 0 => {}
+                bound => return bound,
+            }
         }
-        let tcp = Socket::new(
-            Domain::for_address(local_addr),
-            Type::STREAM,
-            Some(Protocol::TCP),
-        )?;
-        tcp.set_reuse_address(true)?;
-        tcp.set_nonblocking(true)?;
-        tcp.bind(&local_addr.into())?;
-        tcp.listen(1024)?;
+    }
+
+    fn bind_once(addr: SocketAddr, threads: usize) -> io::Result<Self> {
+        let mut udp = udp_sockets(addr, threads, false)?;
+        let local_addr = udp[0].local_addr()?;
+        let mut tcp = vec![tcp_listener(local_addr, false)?];
+        let mut ipv6_addr = None;
+        if addr.ip() == IpAddr::V4(Ipv4Addr::UNSPECIFIED) {
+            // Separate IPv6-only sockets rather than one dual-stack socket, so that both
+            // families get the same threads and the same reply handling.
+            let v6 = SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), local_addr.port());
+            match udp_sockets(v6, threads, true)
+                .and_then(|more| Ok((more, tcp_listener(v6, true)?)))
+            {
+                Ok((more, listener)) => {
+                    udp.extend(more);
+                    tcp.push(listener);
+                    ipv6_addr = Some(v6);
+                }
+                Err(e) if ipv6_unavailable(&e) => {
+                    info!(addr = %v6, error = %e, "no IPv6 on this host; answering DNS over IPv4 only");
+                }
+                Err(e) => return Err(io::Error::new(e.kind(), format!("{v6}: {e}"))),
+            }
+        }
         Ok(Self {
             local_addr,
+            ipv6_addr,
             udp,
-            tcp: tcp.into(),
+            tcp,
         })
     }
 
@@ -84,20 +115,324 @@ impl DnsSockets {
                 .name(format!("dns-udp-{i}"))
                 .spawn(move || serve_udp(socket, &zone, &index, &metrics, &stop))?;
         }
-        let listener = TcpListener::from_std(self.tcp)?;
-        Ok(serve_tcp(listener, zone, index, metrics))
+        let listeners = self
+            .tcp
+            .into_iter()
+            .map(TcpListener::from_std)
+            .collect::<io::Result<_>>()?;
+        Ok(serve_tcp(listeners, zone, index, metrics))
     }
 }
 
-fn udp_socket(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
+/// True for the errors of a host without IPv6 (disabled at boot, or no address for it),
+/// as opposed to a conflict on the port.
+fn ipv6_unavailable(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EAFNOSUPPORT | libc::EPROTONOSUPPORT | libc::EADDRNOTAVAIL)
+    )
+}
+
+/// `threads` UDP sockets (at least one) on `addr`, sharing its port through
+/// SO_REUSEPORT; port 0 is resolved by the first.
+fn udp_sockets(
+    addr: SocketAddr,
+    threads: usize,
+    only_v6: bool,
+) -> io::Result<Vec<std::net::UdpSocket>> {
+    let first = udp_socket(addr, only_v6)?;
+    let addr = first.local_addr()?;
+    let mut sockets = vec![first];
+    for _ in 1..threads.max(1) {
+        sockets.push(udp_socket(addr, only_v6)?);
+    }
+    Ok(sockets)
+}
+
+fn udp_socket(addr: SocketAddr, only_v6: bool) -> io::Result<std::net::UdpSocket> {
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if only_v6 {
+        socket.set_only_v6(true)?;
+    }
     socket.set_reuse_port(true)?;
     // Room for bursts: a CA validating from several vantage points at once.
     let _ = socket.set_recv_buffer_size(4 << 20);
+    if addr.ip().is_unspecified() {
+        // Have each query's destination reported, so its answer can leave from there.
+        set_recv_pktinfo(&socket, addr.is_ipv6())?;
+    }
     socket.bind(&addr.into())?;
     // Wake up now and then to flush metrics and notice `stop`.
     socket.set_read_timeout(Some(Duration::from_millis(500)))?;
     Ok(socket.into())
+}
+
+/// Enables IP_PKTINFO (IPv4) or IPV6_RECVPKTINFO (IPv6, RFC 3542 §6.1): recvmsg then
+/// carries the datagram's destination address and interface in a control message. On a
+/// dual-stack IPv6 socket, Linux reports IPv4 destinations as mapped IPv6 addresses.
+fn set_recv_pktinfo(socket: &Socket, ipv6: bool) -> io::Result<()> {
+    let (level, name) = if ipv6 {
+        (libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO)
+    } else {
+        (libc::IPPROTO_IP, libc::IP_PKTINFO)
+    };
+    let on: libc::c_int = 1;
+    // SAFETY: the option value is a c_int that outlives the call, passed with its size.
+    let result = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            level,
+            name,
+            (&raw const on).cast(),
+            mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if result == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+fn tcp_listener(addr: SocketAddr, only_v6: bool) -> io::Result<std::net::TcpListener> {
+    let tcp = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if only_v6 {
+        tcp.set_only_v6(true)?;
+    }
+    tcp.set_reuse_address(true)?;
+    tcp.set_nonblocking(true)?;
+    tcp.bind(&addr.into())?;
+    tcp.listen(1024)?;
+    Ok(tcp.into())
+}
+
+/// A UDP socket whose replies leave from the address their query was sent to.
+///
+/// On a wildcard bind the kernel would pick a reply's source address by route, and on a
+/// host with several addresses that need not be the one the client asked; clients and
+/// resolvers drop such replies (RFC 2181 §4.1). With IP_PKTINFO / IPV6_RECVPKTINFO on
+/// (`udp_socket` enables them on wildcard binds), recvmsg learns each query's destination
+/// and sendmsg hands it back as the reply's source, as in RFC 3542 §6. A socket bound to
+/// one address reports no destination; its replies go out with plain `send_to`, from the
+/// bound address.
+///
+/// `recv_from` and `send_to` are those of `std::net::UdpSocket`, except that `send_to`
+/// answers the query `recv_from` returned last. Nothing is allocated per query.
+struct UdpReplier {
+    socket: std::net::UdpSocket,
+    /// Where the last query was sent, when the socket reports it.
+    destination: Option<Destination>,
+    /// The control messages of the last query, then of its reply.
+    control: Control,
+}
+
+/// A query's destination, as its control message reported it.
+#[derive(Clone, Copy)]
+enum Destination {
+    V4(libc::in_pktinfo),
+    V6(libc::in6_pktinfo),
+}
+
+/// Room for one IP_PKTINFO or IPV6_PKTINFO control message, aligned like a `cmsghdr`.
+#[repr(C, align(8))]
+struct Control([u8; CONTROL_LEN]);
+
+// SAFETY: CMSG_SPACE only does arithmetic on its argument.
+const CONTROL_LEN: usize =
+    unsafe { libc::CMSG_SPACE(mem::size_of::<libc::in6_pktinfo>() as u32) } as usize;
+const _: () = assert!(mem::align_of::<Control>() >= mem::align_of::<libc::cmsghdr>());
+const _: () = assert!(mem::size_of::<libc::in6_pktinfo>() >= mem::size_of::<libc::in_pktinfo>());
+
+impl UdpReplier {
+    fn new(socket: std::net::UdpSocket) -> Self {
+        Self {
+            socket,
+            destination: None,
+            control: Control([0; CONTROL_LEN]),
+        }
+    }
+
+    /// Receives a query into `packet` (truncated to its length, as `recv_from` does); its
+    /// length and sender.
+    fn recv_from(&mut self, packet: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
+        self.destination = None;
+        let fd = self.socket.as_raw_fd();
+        let control = &mut self.control.0;
+        let mut iov = libc::iovec {
+            iov_base: packet.as_mut_ptr().cast(),
+            iov_len: packet.len(),
+        };
+        // SAFETY: every pointer in `msg` points at memory that outlives the call, with
+        // its true size: the address storage `try_init` lends (its size in
+        // `*storage_len`, updated to what recvmsg wrote), `packet` through `iov`, and
+        // `control`. A zeroed msghdr is valid (null pointers, zero lengths), and
+        // `destination` reads `msg` as recvmsg left it.
+        let ((len, destination), peer) = unsafe {
+            SockAddr::try_init(|storage, storage_len| {
+                let mut msg: libc::msghdr = mem::zeroed();
+                msg.msg_name = storage.cast();
+                msg.msg_namelen = *storage_len;
+                msg.msg_iov = &mut iov;
+                msg.msg_iovlen = 1;
+                msg.msg_control = control.as_mut_ptr().cast();
+                msg.msg_controllen = CONTROL_LEN as _;
+                let received = libc::recvmsg(fd, &mut msg, 0);
+                if received < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                *storage_len = msg.msg_namelen;
+                Ok((received as usize, destination(&msg)))
+            })?
+        };
+        self.destination = destination;
+        let peer = peer
+            .as_socket()
+            .ok_or_else(|| io::Error::other("UDP datagram from a non-IP address"))?;
+        Ok((len, peer))
+    }
+
+    /// Sends `out` to `peer`, from the address the last query was sent to.
+    fn send_to(&mut self, out: &[u8], peer: SocketAddr) -> io::Result<usize> {
+        let Some(source) = self.destination.and_then(Destination::reply_source) else {
+            return self.socket.send_to(out, peer);
+        };
+        let peer = SockAddr::from(peer);
+        let mut iov = libc::iovec {
+            iov_base: out.as_ptr().cast_mut().cast(),
+            iov_len: out.len(),
+        };
+        let (level, kind, size) = match source {
+            Destination::V4(_) => (
+                libc::IPPROTO_IP,
+                libc::IP_PKTINFO,
+                mem::size_of::<libc::in_pktinfo>(),
+            ),
+            Destination::V6(_) => (
+                libc::IPPROTO_IPV6,
+                libc::IPV6_PKTINFO,
+                mem::size_of::<libc::in6_pktinfo>(),
+            ),
+        };
+        let fd = self.socket.as_raw_fd();
+        self.control.0.fill(0);
+        // SAFETY: `msg` points at `peer`, `out` (through `iov`; sendmsg only reads it)
+        // and `control`, all alive across the call and given with their sizes. The one
+        // control message fits: CONTROL_LEN is the space of the larger pktinfo, and the
+        // buffer is aligned for a cmsghdr, so CMSG_FIRSTHDR returns its start and
+        // CMSG_DATA a pointer `size` bytes of which lie inside it (written unaligned all
+        // the same).
+        let sent = unsafe {
+            let mut msg: libc::msghdr = mem::zeroed();
+            msg.msg_name = peer.as_ptr().cast_mut().cast();
+            msg.msg_namelen = peer.len();
+            msg.msg_iov = &mut iov;
+            msg.msg_iovlen = 1;
+            msg.msg_control = self.control.0.as_mut_ptr().cast();
+            msg.msg_controllen = libc::CMSG_SPACE(size as u32) as _;
+            let cmsg = libc::CMSG_FIRSTHDR(&msg);
+            (*cmsg).cmsg_level = level;
+            (*cmsg).cmsg_type = kind;
+            (*cmsg).cmsg_len = libc::CMSG_LEN(size as u32) as _;
+            let data = libc::CMSG_DATA(cmsg);
+            match source {
+                Destination::V4(info) => ptr::write_unaligned(data.cast(), info),
+                Destination::V6(info) => ptr::write_unaligned(data.cast(), info),
+            }
+            libc::sendmsg(fd, &msg, 0)
+        };
+        if sent < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(sent as usize)
+        }
+    }
+}
+
+/// The destination of a datagram, from the IP_PKTINFO or IPV6_PKTINFO control message
+/// recvmsg put in `msg`; None when there is none.
+///
+/// # Safety
+///
+/// `msg` is as recvmsg left it, and the control buffer it points at is still alive.
+unsafe fn destination(msg: &libc::msghdr) -> Option<Destination> {
+    // SAFETY (whole loop): CMSG_FIRSTHDR and CMSG_NXTHDR return only headers that start
+    // inside the msg_controllen bytes recvmsg wrote, at cmsghdr alignment. The kernel
+    // cuts a message's cmsg_len to what fit (MSG_CTRUNC), so a length check keeps each
+    // read of the data inside the buffer; the data is read unaligned all the same.
+    let mut cmsg = unsafe { libc::CMSG_FIRSTHDR(msg) };
+    while !cmsg.is_null() {
+        let (level, kind, len) = unsafe {
+            (
+                (*cmsg).cmsg_level,
+                (*cmsg).cmsg_type,
+                (*cmsg).cmsg_len as usize,
+            )
+        };
+        let data = unsafe { libc::CMSG_DATA(cmsg) };
+        let fits = |size: usize| len >= unsafe { libc::CMSG_LEN(size as u32) } as usize;
+        match (level, kind) {
+            (libc::IPPROTO_IP, libc::IP_PKTINFO) if fits(mem::size_of::<libc::in_pktinfo>()) => {
+                return Some(Destination::V4(unsafe { ptr::read_unaligned(data.cast()) }));
+            }
+            (libc::IPPROTO_IPV6, libc::IPV6_PKTINFO)
+                if fits(mem::size_of::<libc::in6_pktinfo>()) =>
+            {
+                return Some(Destination::V6(unsafe { ptr::read_unaligned(data.cast()) }));
+            }
+            _ => {}
+        }
+        cmsg = unsafe { libc::CMSG_NXTHDR(msg, cmsg) };
+    }
+    None
+}
+
+impl Destination {
+    /// The pktinfo that makes a reply to this query leave from where it arrived; None
+    /// when the kernel should choose the source (an address that cannot be one).
+    fn reply_source(self) -> Option<Self> {
+        match self {
+            Self::V4(info) => {
+                // ipi_spec_dst is the query's local address (ip(7)): its destination
+                // when that is one of ours (ipi_addr), an address of the receiving
+                // interface when it was a broadcast. ipi_ifindex stays 0 so that the
+                // route picks the interface, as for any other packet: a non-zero index
+                // would put that interface's primary address in place of ipi_spec_dst
+                // for the route lookup (ip(7)).
+                let source = match info.ipi_spec_dst.s_addr {
+                    0 => info.ipi_addr,
+                    _ => info.ipi_spec_dst,
+                };
+                let ip = Ipv4Addr::from(u32::from_be(source.s_addr));
+                let usable = !(ip.is_unspecified() || ip.is_multicast() || ip.is_broadcast());
+                usable.then_some(Self::V4(libc::in_pktinfo {
+                    ipi_ifindex: 0,
+                    ipi_spec_dst: source,
+                    ipi_addr: libc::in_addr { s_addr: 0 },
+                }))
+            }
+            Self::V6(info) => {
+                // ipi6_addr is the query's destination (RFC 3542 §6.1), IPv4 ones
+                // mapped on a dual-stack socket. A multicast or broadcast destination
+                // is no source address.
+                let ip = Ipv6Addr::from(info.ipi6_addr.s6_addr);
+                let usable = match ip.to_ipv4_mapped() {
+                    Some(v4) => !(v4.is_multicast() || v4.is_broadcast()),
+                    None => !ip.is_multicast(),
+                };
+                // The interface matters only for a link-local address, which means
+                // something on its own link alone; otherwise the route picks it.
+                let ifindex = if ip.is_unicast_link_local() {
+                    info.ipi6_ifindex
+                } else {
+                    0
+                };
+                usable.then_some(Self::V6(libc::in6_pktinfo {
+                    ipi6_addr: info.ipi6_addr,
+                    ipi6_ifindex: ifindex,
+                }))
+            }
+        }
+    }
 }
 
 fn serve_udp(
@@ -107,6 +442,8 @@ fn serve_udp(
     metrics: &DnsMetrics,
     stop: &AtomicBool,
 ) {
+    // Replies leave from the address each query was sent to; see `UdpReplier`.
+    let mut socket = UdpReplier::new(socket);
     let mut local = metrics.local(Transport::Udp);
     // A query larger than this is malformed for us anyway; recv truncates it and the
     // parser answers FORMERR or drops it.
@@ -143,13 +480,13 @@ fn serve_udp(
 }
 
 async fn serve_tcp(
-    listener: TcpListener,
+    listeners: Vec<TcpListener>,
     zone: Arc<Zone>,
     index: Arc<AccountIndex>,
     metrics: DnsMetrics,
 ) {
     serve_tcp_with(
-        listener,
+        listeners,
         zone,
         index,
         metrics,
@@ -159,16 +496,48 @@ async fn serve_tcp(
     .await
 }
 
+/// Serves TCP on every listener (IPv4 and IPv6) until dropped, all of them under one
+/// limit of `max_connections` and one queue of waiting connections.
 async fn serve_tcp_with(
-    listener: TcpListener,
+    listeners: Vec<TcpListener>,
     zone: Arc<Zone>,
     index: Arc<AccountIndex>,
     metrics: DnsMetrics,
     max_connections: usize,
     idle: Duration,
 ) {
-    let slots = Arc::new(Semaphore::new(max_connections));
-    let waiting = Arc::new(Waiting::default());
+    let limits = TcpLimits {
+        slots: Arc::new(Semaphore::new(max_connections)),
+        waiting: Arc::new(Waiting::default()),
+        idle,
+    };
+    let accepting = listeners
+        .iter()
+        .map(|listener| accept_tcp(listener, &zone, &index, &metrics, &limits));
+    futures::future::join_all(accepting).await;
+}
+
+/// What the TCP listeners share: the connection slots, the connections waiting for
+/// their client (the first to close when the slots run out), and the idle time.
+struct TcpLimits {
+    slots: Arc<Semaphore>,
+    waiting: Arc<Waiting>,
+    idle: Duration,
+}
+
+async fn accept_tcp(
+    listener: &TcpListener,
+    zone: &Arc<Zone>,
+    index: &Arc<AccountIndex>,
+    metrics: &DnsMetrics,
+    limits: &TcpLimits,
+) {
+    let TcpLimits {
+        slots,
+        waiting,
+        idle,
+    } = limits;
+    let idle = *idle;
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -330,18 +699,30 @@ mod tests {
         let zone = Arc::new(Zone::new(&ZoneConfig::new("auth.example.test")).unwrap());
         let metrics = DnsMetrics::new(&Registry::new()).unwrap();
         let index = Arc::new(AccountIndex::new(1));
-        tokio::spawn(serve_tcp_with(listener, zone, index, metrics, max, idle));
+        tokio::spawn(serve_tcp_with(
+            vec![listener],
+            zone,
+            index,
+            metrics,
+            max,
+            idle,
+        ));
         addr
     }
 
-    fn framed_query(id: u16) -> Vec<u8> {
+    /// An SOA query for the zone apex.
+    fn query_bytes(id: u16) -> Vec<u8> {
         let mut query = Message::query();
         query.metadata.id = id;
         query.add_query(Query::query(
             Name::from_ascii("auth.example.test.").unwrap(),
             RecordType::SOA,
         ));
-        let bytes = query.to_vec().unwrap();
+        query.to_vec().unwrap()
+    }
+
+    fn framed_query(id: u16) -> Vec<u8> {
+        let bytes = query_bytes(id);
         let mut framed = (bytes.len() as u16).to_be_bytes().to_vec();
         framed.extend_from_slice(&bytes);
         framed
@@ -420,5 +801,140 @@ mod tests {
         silent.write_all(&framed_query(3)[..5]).await.unwrap();
         tokio::time::sleep(Duration::from_millis(500)).await;
         assert!(closed(&mut silent).await);
+    }
+
+    /// The whole responder (UDP threads and TCP) bound to `addr`; its UDP threads stop
+    /// when this is dropped.
+    struct Responder {
+        addr: SocketAddr,
+        stop: Arc<AtomicBool>,
+    }
+
+    impl Drop for Responder {
+        fn drop(&mut self) {
+            self.stop.store(true, Ordering::Relaxed);
+        }
+    }
+
+    fn bind(addr: &str) -> (DnsSockets, Responder) {
+        let sockets = DnsSockets::bind(addr.parse().unwrap(), 2).unwrap();
+        let responder = Responder {
+            addr: sockets.local_addr,
+            stop: Arc::new(AtomicBool::new(false)),
+        };
+        (sockets, responder)
+    }
+
+    fn serve(sockets: DnsSockets, responder: &Responder) {
+        let zone = Arc::new(Zone::new(&ZoneConfig::new("auth.example.test")).unwrap());
+        let metrics = DnsMetrics::new(&Registry::new()).unwrap();
+        let index = Arc::new(AccountIndex::new(1));
+        let tcp = sockets
+            .serve(zone, index, metrics, responder.stop.clone())
+            .unwrap();
+        tokio::spawn(tcp);
+    }
+
+    /// Asks `server` over UDP from a socket bound to `client`; the answer's id and the
+    /// address it came from.
+    async fn ask_udp(client: &str, server: SocketAddr, id: u16) -> (u16, SocketAddr) {
+        let socket = tokio::net::UdpSocket::bind(client).await.unwrap();
+        socket.send_to(&query_bytes(id), server).await.unwrap();
+        let mut answer = [0u8; 4096];
+        let (len, from) =
+            tokio::time::timeout(Duration::from_secs(2), socket.recv_from(&mut answer))
+                .await
+                .unwrap_or_else(|_| panic!("no answer from {server} within 2 s"))
+                .unwrap();
+        (Message::from_vec(&answer[..len]).unwrap().metadata.id, from)
+    }
+
+    fn at(ip: &str, port: u16) -> SocketAddr {
+        SocketAddr::new(ip.parse().unwrap(), port)
+    }
+
+    #[tokio::test]
+    async fn udp_answers_leave_from_the_address_the_query_was_sent_to() {
+        let (sockets, responder) = bind("0.0.0.0:0");
+        serve(sockets, &responder);
+        let port = responder.addr.port();
+        // All of 127.0.0.0/8 is local on Linux: 127.0.0.2 is a second address, which
+        // the kernel would not pick as the source of a reply to 127.0.0.1.
+        for (id, ip) in [(1, "127.0.0.2"), (2, "127.0.0.1"), (3, "127.0.0.2")] {
+            let asked = at(ip, port);
+            assert_eq!(ask_udp("127.0.0.1:0", asked, id).await, (id, asked));
+        }
+    }
+
+    #[tokio::test]
+    async fn udp_on_a_specific_address_answers_from_it() {
+        let (sockets, responder) = bind("127.0.0.2:0");
+        serve(sockets, &responder);
+        assert_eq!(
+            ask_udp("127.0.0.1:0", responder.addr, 4).await,
+            (4, responder.addr)
+        );
+    }
+
+    #[tokio::test]
+    async fn udp_on_a_dual_stack_ipv6_wildcard_answers_ipv4_from_the_address_asked() {
+        let (sockets, responder) = bind("[::]:0");
+        // `[::]` is left as the host configures it (net.ipv6.bindv6only).
+        if Socket::from(sockets.udp[0].try_clone().unwrap())
+            .only_v6()
+            .unwrap()
+        {
+            eprintln!("skipped: [::] does not take IPv4 on this host");
+            return;
+        }
+        serve(sockets, &responder);
+        let port = responder.addr.port();
+        for (id, ip) in [(5, "127.0.0.2"), (6, "127.0.0.1")] {
+            let asked = at(ip, port);
+            assert_eq!(ask_udp("127.0.0.1:0", asked, id).await, (id, asked));
+        }
+    }
+
+    /// True when this host has IPv6 loopback.
+    fn ipv6_loopback() -> bool {
+        std::net::UdpSocket::bind("[::1]:0").is_ok()
+    }
+
+    #[tokio::test]
+    async fn ipv6_is_served_alongside_ipv4() {
+        let (sockets, responder) = bind("0.0.0.0:0");
+        if !ipv6_loopback() {
+            assert_eq!(sockets.ipv6_addr, None);
+            eprintln!("skipped: no IPv6 loopback on this host");
+            return;
+        }
+        let port = responder.addr.port();
+        assert_eq!(sockets.ipv6_addr, Some(at("::", port)));
+        serve(sockets, &responder);
+
+        let asked = at("::1", port);
+        assert_eq!(ask_udp("[::1]:0", asked, 7).await, (7, asked));
+        let asked = at("127.0.0.2", port);
+        assert_eq!(ask_udp("127.0.0.1:0", asked, 8).await, (8, asked));
+
+        let mut stream = TcpStream::connect(at("::1", port)).await.unwrap();
+        stream.write_all(&framed_query(9)).await.unwrap();
+        assert_eq!(answer_id(&mut stream).await.unwrap(), 9);
+        let mut stream = TcpStream::connect(at("127.0.0.2", port)).await.unwrap();
+        stream.write_all(&framed_query(10)).await.unwrap();
+        assert_eq!(answer_id(&mut stream).await.unwrap(), 10);
+    }
+
+    #[tokio::test]
+    async fn udp_on_an_ipv6_wildcard_answers_from_the_address_asked() {
+        if !ipv6_loopback() {
+            eprintln!("skipped: no IPv6 loopback on this host");
+            return;
+        }
+        let (sockets, responder) = bind("[::]:0");
+        assert_eq!(sockets.ipv6_addr, None, "[::] is served as configured");
+        serve(sockets, &responder);
+        let asked = at("::1", responder.addr.port());
+        assert_eq!(ask_udp("[::1]:0", asked, 11).await, (11, asked));
     }
 }
