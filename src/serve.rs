@@ -25,7 +25,7 @@ use crate::{
         store::{CredentialIndex, KubeStore},
     },
     controller::{self, ControllerArgs, ControllerConfig, ControllerMetrics},
-    dns::{Zone, ZoneConfig, metrics::DnsMetrics, server::DnsSockets},
+    dns::{Zone, ZoneConfig, metrics::DnsMetrics, rrl::RrlConfig, server::DnsSockets},
     health::{self, Health},
     http::Limits,
     index::AccountIndex,
@@ -148,7 +148,51 @@ pub struct DnsArgs {
     /// AAAA, TXT or CAA. Repeat the flag (or separate with `;` in the environment).
     #[arg(long = "record", env = "KUBE_ACME_DNS_RECORDS", value_delimiter = ';')]
     pub records: Vec<String>,
+
+    /// Response rate limiting (RRL) of UDP answers: answers per second to one source
+    /// prefix (see --rrl-ipv4-prefix and --rrl-ipv6-prefix), beyond which they are sent
+    /// truncated or dropped (--rrl-slip), so the server cannot be used to flood an
+    /// address that forged queries name as their source. 0 turns RRL off. TCP answers
+    /// are never limited.
+    #[arg(long, env = "KUBE_ACME_DNS_RRL_RATE", default_value_t = RrlConfig::DEFAULT.rate)]
+    pub rrl_rate: u32,
+
+    /// Answers a source prefix that has been quiet may get at once before --rrl-rate
+    /// applies (at least 1).
+    #[arg(long, env = "KUBE_ACME_DNS_RRL_BURST", default_value_t = RrlConfig::DEFAULT.burst)]
+    pub rrl_burst: u32,
+
+    /// Of the answers over the rate, every Nth is sent truncated (TC), so a real
+    /// resolver asks again over TCP, and the others are dropped; 0 drops all of them,
+    /// 1 truncates all of them. At most 10.
+    #[arg(long, env = "KUBE_ACME_DNS_RRL_SLIP", default_value_t = RrlConfig::DEFAULT.slip)]
+    pub rrl_slip: u32,
+
+    /// Leading bits of an IPv4 source address that make the prefix one rate applies to
+    /// (8 to 32).
+    #[arg(
+        long,
+        env = "KUBE_ACME_DNS_RRL_IPV4_PREFIX",
+        default_value_t = RrlConfig::DEFAULT.ipv4_prefix
+    )]
+    pub rrl_ipv4_prefix: u8,
+
+    /// Leading bits of an IPv6 source address that make the prefix one rate applies to
+    /// (16 to 128).
+    #[arg(
+        long,
+        env = "KUBE_ACME_DNS_RRL_IPV6_PREFIX",
+        default_value_t = RrlConfig::DEFAULT.ipv6_prefix
+    )]
+    pub rrl_ipv6_prefix: u8,
 }
+
+/// Highest --rrl-rate: one answer per microsecond to a single prefix is past anything
+/// worth limiting.
+const RRL_MAX_RATE: u32 = 1_000_000;
+const RRL_MAX_BURST: u32 = 1_000_000;
+/// BIND's bound too: beyond it, truncated answers are too rare to help real resolvers.
+const RRL_MAX_SLIP: u32 = 10;
 
 impl DnsArgs {
     pub fn zone_config(&self) -> ZoneConfig {
@@ -169,12 +213,75 @@ impl DnsArgs {
             .collect();
         config
     }
+
+    /// The response rate limiting configuration, or what to set when a value is out
+    /// of range.
+    pub fn rrl_config(&self) -> anyhow::Result<RrlConfig> {
+        let check = |ok: bool, flag: &str, value: &str, range: &str| {
+            if ok {
+                Ok(())
+            } else {
+                let env = format!(
+                    "KUBE_ACME_DNS_{}",
+                    flag.trim_start_matches("--")
+                        .replace('-', "_")
+                        .to_uppercase()
+                );
+                Err(anyhow::anyhow!(
+                    "{flag} is {value}: set it ({env}) to {range}"
+                ))
+            }
+        };
+        check(
+            self.rrl_rate <= RRL_MAX_RATE,
+            "--rrl-rate",
+            &self.rrl_rate.to_string(),
+            &format!(
+                "answers per second from 1 to {RRL_MAX_RATE}, or 0 to turn response rate limiting off"
+            ),
+        )?;
+        check(
+            (1..=RRL_MAX_BURST).contains(&self.rrl_burst),
+            "--rrl-burst",
+            &self.rrl_burst.to_string(),
+            &format!("1 to {RRL_MAX_BURST} answers"),
+        )?;
+        check(
+            self.rrl_slip <= RRL_MAX_SLIP,
+            "--rrl-slip",
+            &self.rrl_slip.to_string(),
+            &format!("0 (drop every answer over the rate) to {RRL_MAX_SLIP}"),
+        )?;
+        check(
+            (8..=32).contains(&self.rrl_ipv4_prefix),
+            "--rrl-ipv4-prefix",
+            &self.rrl_ipv4_prefix.to_string(),
+            "a prefix length from 8 to 32 bits",
+        )?;
+        check(
+            (16..=128).contains(&self.rrl_ipv6_prefix),
+            "--rrl-ipv6-prefix",
+            &self.rrl_ipv6_prefix.to_string(),
+            "a prefix length from 16 to 128 bits",
+        )?;
+        Ok(RrlConfig {
+            rate: self.rrl_rate,
+            burst: self.rrl_burst,
+            slip: self.rrl_slip,
+            ipv4_prefix: self.rrl_ipv4_prefix,
+            ipv6_prefix: self.rrl_ipv6_prefix,
+        })
+    }
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     // Configuration errors first, before touching the network.
     let zone =
         Arc::new(Zone::new(&args.dns.zone_config()).context("invalid DNS zone configuration")?);
+    let rrl = args
+        .dns
+        .rrl_config()
+        .context("invalid response rate limiting configuration")?;
     if args.roles.contains(&Role::Api)
         && let Some(watched) = &args.watch_namespace
         && *watched != args.api.namespace()
@@ -218,11 +325,24 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         let sockets = DnsSockets::bind(args.dns.dns_addr, threads)
             .with_context(|| format!("cannot listen for DNS on {}", args.dns.dns_addr))?;
         info!(addr = %sockets.local_addr, ipv6_addr = ?sockets.ipv6_addr, zone = %args.dns.zone, threads, "answering DNS over UDP and TCP");
+        if rrl.rate == 0 {
+            info!("UDP response rate limiting off");
+        } else {
+            info!(
+                rate = rrl.rate,
+                burst = rrl.burst,
+                slip = rrl.slip,
+                ipv4_prefix = rrl.ipv4_prefix,
+                ipv6_prefix = rrl.ipv6_prefix,
+                "UDP response rate limiting per source prefix"
+            );
+        }
         let metrics = DnsMetrics::new(&registry)?;
         futures::future::Either::Left(sockets.serve(
             zone.clone(),
             index.clone(),
             metrics,
+            rrl,
             stop.clone(),
         )?)
     } else {
@@ -402,5 +522,62 @@ async fn check_crd_installed(accounts: &Api<AcmeDnsAccount>) -> anyhow::Result<(
             status.message
         ),
         Err(err) => Err(err).context("cannot list AcmeDnsAccounts"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Flags {
+        #[command(flatten)]
+        dns: DnsArgs,
+    }
+
+    fn rrl(flags: &[&str]) -> anyhow::Result<RrlConfig> {
+        let args = std::iter::once("serve").chain(flags.iter().copied());
+        Flags::try_parse_from(args).unwrap().dns.rrl_config()
+    }
+
+    #[test]
+    fn rrl_is_on_by_default_and_configurable() {
+        assert_eq!(rrl(&[]).unwrap(), RrlConfig::DEFAULT);
+        let config = rrl(&[
+            "--rrl-rate=5",
+            "--rrl-burst=1",
+            "--rrl-slip=0",
+            "--rrl-ipv4-prefix=32",
+            "--rrl-ipv6-prefix=64",
+        ])
+        .unwrap();
+        assert_eq!(
+            config,
+            RrlConfig {
+                rate: 5,
+                burst: 1,
+                slip: 0,
+                ipv4_prefix: 32,
+                ipv6_prefix: 64,
+            }
+        );
+        assert_eq!(rrl(&["--rrl-rate=0"]).unwrap().rate, 0);
+    }
+
+    #[test]
+    fn rrl_values_out_of_range_say_what_to_set() {
+        for (flag, says) in [
+            ("--rrl-rate=2000000", "KUBE_ACME_DNS_RRL_RATE"),
+            ("--rrl-burst=0", "KUBE_ACME_DNS_RRL_BURST) to 1 to"),
+            ("--rrl-slip=11", "--rrl-slip is 11"),
+            ("--rrl-ipv4-prefix=33", "from 8 to 32"),
+            ("--rrl-ipv4-prefix=0", "KUBE_ACME_DNS_RRL_IPV4_PREFIX"),
+            ("--rrl-ipv6-prefix=8", "from 16 to 128"),
+        ] {
+            let error = rrl(&[flag]).unwrap_err().to_string();
+            assert!(error.contains(says), "{flag}: {error}");
+        }
     }
 }

@@ -246,7 +246,10 @@ mod tests {
         let changes: Vec<&Change> = changes.iter().collect();
         assert!(apply(&mut txt, &changes, 16));
         assert_eq!(values(&txt), ["a", "c"]);
-        assert!(!apply(&mut txt, &[&Change::Add("c".into())], 16), "no change");
+        assert!(
+            !apply(&mut txt, &[&Change::Add("c".into())], 16),
+            "no change"
+        );
         assert!(
             !apply(&mut txt, &[&Change::Remove("x".into())], 16),
             "removing an absent value changes nothing"

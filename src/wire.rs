@@ -334,6 +334,61 @@ pub fn set_flags(out: &mut [u8], flags: u16) {
     out[2..4].copy_from_slice(&flags.to_be_bytes());
 }
 
+/// Cuts a response already written in `out` down to a truncated one, in place: TC set,
+/// the header and the question kept, the answer, authority and additional sections
+/// dropped except the OPT record, which RFC 6891 §7 asks for in a truncated response too
+/// (it carries the upper RCODE bits and our payload size). The client asks again over
+/// TCP (RFC 2181 §9, RFC 7766 §5). Nothing is allocated: the OPT moves down to follow
+/// the question.
+pub fn truncate_response(out: &mut Vec<u8>) {
+    if out.len() < HEADER_LEN {
+        return;
+    }
+    let count = |at: usize| u16::from_be_bytes([out[at], out[at + 1]]);
+    let (qdcount, ancount, nscount, arcount) = (count(4), count(6), count(8), count(10));
+    let flags = count(2) | FLAG_TC;
+    let mut question_end = Some(HEADER_LEN);
+    for _ in 0..qdcount {
+        question_end = question_end
+            .and_then(|at| skip_name(out, at))
+            .and_then(|at| out.get(at..at + 4).map(|_| at + 4));
+    }
+    // Our own responses always read; were one not to, the header alone is still a
+    // well-formed truncated reply.
+    let (qdcount, question_end, opt) = match question_end {
+        Some(end) => (qdcount, end, find_opt(out, end, ancount, nscount, arcount)),
+        None => (0, HEADER_LEN, None),
+    };
+    let mut end = question_end;
+    if let Some(opt) = &opt {
+        out.copy_within(opt.clone(), question_end);
+        end += opt.len();
+    }
+    out.truncate(end);
+    set_counts(out, [qdcount, 0, 0, u16::from(opt.is_some())]);
+    set_flags(out, flags);
+}
+
+/// Where the OPT record of a response is, searching its additional section from the
+/// records that start at `pos`.
+fn find_opt(
+    packet: &[u8],
+    mut pos: usize,
+    ancount: u16,
+    nscount: u16,
+    arcount: u16,
+) -> Option<std::ops::Range<usize>> {
+    let before = u32::from(ancount) + u32::from(nscount);
+    for i in 0..before + u32::from(arcount) {
+        let (next, rtype, _) = skip_record(packet, pos)?;
+        if i >= before && rtype == TYPE_OPT {
+            return Some(pos..next);
+        }
+        pos = next;
+    }
+    None
+}
+
 /// A record header whose owner is a compression pointer to `owner_offset`.
 #[inline]
 pub fn write_record_header(out: &mut Vec<u8>, owner_offset: u16, rtype: u16, ttl: u32, rdlen: u16) {

@@ -170,6 +170,11 @@ fn bad_values_fail_at_install_naming_the_value() {
         ),
         ("api.bcryptCost=3", "/api/bcryptCost"),
         ("webhook.maxTxtValues=100", "/webhook/maxTxtValues"),
+        ("dns.rateLimit.slip=11", "/dns/rateLimit/slip"),
+        (
+            "dns.rateLimit.ipv4PrefixLength=0",
+            "/dns/rateLimit/ipv4PrefixLength",
+        ),
         ("image.repository=", "/image/repository"),
         ("replicas=3", "additional properties 'replicas' not allowed"),
     ] {

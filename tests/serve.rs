@@ -87,6 +87,22 @@ async fn bad_static_record_fails_before_anything_starts() {
 }
 
 #[tokio::test]
+async fn rate_limit_out_of_range_fails_before_anything_starts() {
+    let output = Command::new(common::BIN)
+        .args(["serve"])
+        .env("KUBE_ACME_DNS_RRL_SLIP", "11")
+        .output()
+        .await
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("--rrl-slip is 11: set it (KUBE_ACME_DNS_RRL_SLIP) to 0"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
 async fn api_registering_outside_the_watched_namespace_fails_before_anything_starts() {
     let output = Command::new(common::BIN)
         .args(["serve", "--roles", "dns,api"])

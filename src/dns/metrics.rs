@@ -7,7 +7,7 @@ use prometheus::{
     local::{LocalHistogram, LocalIntCounter},
 };
 
-use super::{Answered, Transport};
+use super::{Answered, Transport, rrl::Verdict};
 use crate::wire::{TYPE_A, TYPE_AAAA, TYPE_ANY, TYPE_CAA, TYPE_NS, TYPE_SOA, TYPE_TXT};
 
 const QTYPES: [&str; 8] = ["A", "AAAA", "TXT", "SOA", "NS", "CAA", "ANY", "other"];
@@ -48,6 +48,7 @@ pub struct DnsMetrics {
     queries: IntCounterVec,
     dropped: IntCounterVec,
     truncated: IntCounterVec,
+    rrl: IntCounterVec,
     latency: HistogramVec,
 }
 
@@ -74,6 +75,13 @@ impl DnsMetrics {
             ),
             &["transport"],
         )?;
+        let rrl = IntCounterVec::new(
+            Opts::new(
+                "kube_acme_dns_rrl_responses_total",
+                "UDP answers over the response rate limit: sent truncated (slipped) or not sent (dropped)",
+            ),
+            &["action"],
+        )?;
         let latency = HistogramVec::new(
             HistogramOpts::new(
                 "kube_acme_dns_dns_answer_seconds",
@@ -88,11 +96,13 @@ impl DnsMetrics {
         registry.register(Box::new(queries.clone()))?;
         registry.register(Box::new(dropped.clone()))?;
         registry.register(Box::new(truncated.clone()))?;
+        registry.register(Box::new(rrl.clone()))?;
         registry.register(Box::new(latency.clone()))?;
         Ok(Self {
             queries,
             dropped,
             truncated,
+            rrl,
             latency,
         })
     }
@@ -113,6 +123,8 @@ impl DnsMetrics {
             queries,
             dropped: self.dropped.with_label_values(&[t]).local(),
             truncated: self.truncated.with_label_values(&[t]).local(),
+            rrl_slipped: self.rrl.with_label_values(&["slipped"]).local(),
+            rrl_dropped: self.rrl.with_label_values(&["dropped"]).local(),
             latency: self.latency.with_label_values(&[t]).local(),
             pending: 0,
         }
@@ -123,6 +135,8 @@ pub struct LocalDnsMetrics {
     queries: Vec<Vec<LocalIntCounter>>,
     dropped: LocalIntCounter,
     truncated: LocalIntCounter,
+    rrl_slipped: LocalIntCounter,
+    rrl_dropped: LocalIntCounter,
     latency: LocalHistogram,
     pending: u32,
 }
@@ -146,6 +160,17 @@ impl LocalDnsMetrics {
         }
     }
 
+    /// Counts what response rate limiting did to an answer; [`record`](Self::record)
+    /// still counts the query itself.
+    #[inline]
+    pub fn record_rrl(&mut self, verdict: Verdict) {
+        match verdict {
+            Verdict::Send => {}
+            Verdict::Slip => self.rrl_slipped.inc(),
+            Verdict::Drop => self.rrl_dropped.inc(),
+        }
+    }
+
     pub fn flush(&mut self) {
         if self.pending == 0 {
             return;
@@ -157,6 +182,8 @@ impl LocalDnsMetrics {
         }
         self.dropped.flush();
         self.truncated.flush();
+        self.rrl_slipped.flush();
+        self.rrl_dropped.flush();
         self.latency.flush();
         self.pending = 0;
     }

@@ -3,6 +3,7 @@
 
 pub mod answer;
 pub mod metrics;
+pub mod rrl;
 pub mod server;
 pub mod zone;
 

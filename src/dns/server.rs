@@ -31,7 +31,11 @@ use tokio::{
 };
 use tracing::{debug, info, warn};
 
-use super::{Transport, Zone, answer, metrics::DnsMetrics};
+use super::{
+    Transport, Zone, answer,
+    metrics::DnsMetrics,
+    rrl::{RateLimiter, RrlConfig, Verdict},
+};
 use crate::index::AccountIndex;
 
 /// How long an idle TCP connection is kept (RFC 7766 §6.2.3 suggests seconds), and how
@@ -100,20 +104,25 @@ impl DnsSockets {
     }
 
     /// Starts answering. UDP threads stop when `stop` is set; the returned future
-    /// serves TCP until dropped.
+    /// serves TCP until dropped. UDP answers are rate limited as `rrl` says; TCP answers
+    /// never are.
     pub fn serve(
         self,
         zone: Arc<Zone>,
         index: Arc<AccountIndex>,
         metrics: DnsMetrics,
+        rrl: RrlConfig,
         stop: Arc<AtomicBool>,
     ) -> io::Result<impl Future<Output = ()>> {
+        // One table for all UDP threads: a source's queries reach every one of them.
+        let rrl = Arc::new(RateLimiter::new(rrl));
         for (i, socket) in self.udp.into_iter().enumerate() {
             let (zone, index, metrics, stop) =
                 (zone.clone(), index.clone(), metrics.clone(), stop.clone());
+            let rrl = rrl.clone();
             thread::Builder::new()
                 .name(format!("dns-udp-{i}"))
-                .spawn(move || serve_udp(socket, &zone, &index, &metrics, &stop))?;
+                .spawn(move || serve_udp(socket, &zone, &index, &metrics, &rrl, &stop))?;
         }
         let listeners = self
             .tcp
@@ -440,6 +449,7 @@ fn serve_udp(
     zone: &Zone,
     index: &AccountIndex,
     metrics: &DnsMetrics,
+    rrl: &RateLimiter,
     stop: &AtomicBool,
 ) {
     // Replies leave from the address each query was sent to; see `UdpReplier`.
@@ -469,6 +479,16 @@ fn serve_udp(
         };
         let started = Instant::now();
         let answered = answer(&packet[..len], zone, index, Transport::Udp, &mut out);
+        // Response rate limiting (rrl.rs): the answer goes out whole, cut down to a
+        // truncated reply in `out`, or not at all.
+        if answered.is_some() {
+            let verdict = rrl.apply(peer.ip(), started, &mut out);
+            local.record_rrl(verdict);
+            if verdict == Verdict::Drop {
+                local.record(answered, started.elapsed().as_secs_f64());
+                continue;
+            }
+        }
         if answered.is_some()
             && let Err(e) = socket.send_to(&out, peer)
         {
@@ -684,7 +704,7 @@ async fn read_query(stream: &mut TcpStream, packet: &mut Vec<u8>) -> io::Result<
 #[cfg(test)]
 mod tests {
     use hickory_proto::{
-        op::{Message, Query},
+        op::{Edns, Message, Query},
         rr::{Name, RecordType},
     };
     use prometheus::Registry;
@@ -710,7 +730,7 @@ mod tests {
         addr
     }
 
-    /// An SOA query for the zone apex.
+    /// The apex SOA query, with an OPT record.
     fn query_bytes(id: u16) -> Vec<u8> {
         let mut query = Message::query();
         query.metadata.id = id;
@@ -718,6 +738,7 @@ mod tests {
             Name::from_ascii("auth.example.test.").unwrap(),
             RecordType::SOA,
         ));
+        query.set_edns(Edns::new());
         query.to_vec().unwrap()
     }
 
@@ -830,7 +851,7 @@ mod tests {
         let metrics = DnsMetrics::new(&Registry::new()).unwrap();
         let index = Arc::new(AccountIndex::new(1));
         let tcp = sockets
-            .serve(zone, index, metrics, responder.stop.clone())
+            .serve(zone, index, metrics, RrlConfig::OFF, responder.stop.clone())
             .unwrap();
         tokio::spawn(tcp);
     }
@@ -936,5 +957,133 @@ mod tests {
         serve(sockets, &responder);
         let asked = at("::1", responder.addr.port());
         assert_eq!(ask_udp("[::1]:0", asked, 11).await, (11, asked));
+    }
+
+    /// UDP and TCP as `serve` starts them, on 127.0.0.1 with one UDP thread; the UDP
+    /// thread stops when the returned guard is dropped.
+    async fn udp_and_tcp_responder(rrl: RrlConfig) -> (SocketAddr, StopOnDrop) {
+        let sockets = DnsSockets::bind("127.0.0.1:0".parse().unwrap(), 1).unwrap();
+        let addr = sockets.local_addr;
+        let zone = Arc::new(Zone::new(&ZoneConfig::new("auth.example.test")).unwrap());
+        let metrics = DnsMetrics::new(&Registry::new()).unwrap();
+        let index = Arc::new(AccountIndex::new(1));
+        let stop = Arc::new(AtomicBool::new(false));
+        let tcp = sockets
+            .serve(zone, index, metrics, rrl, stop.clone())
+            .unwrap();
+        tokio::spawn(tcp);
+        (addr, StopOnDrop(stop))
+    }
+
+    struct StopOnDrop(Arc<AtomicBool>);
+
+    impl Drop for StopOnDrop {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Every reply `socket` receives until none has come for half a second.
+    async fn replies(socket: &tokio::net::UdpSocket) -> Vec<Message> {
+        let mut all = Vec::new();
+        let mut buffer = [0u8; 4096];
+        while let Ok(received) =
+            tokio::time::timeout(Duration::from_millis(500), socket.recv(&mut buffer)).await
+        {
+            let len = received.unwrap();
+            all.push(Message::from_vec(&buffer[..len]).unwrap());
+        }
+        all
+    }
+
+    /// The whole SOA answer, or (with `truncated`) the truncated reply of RRL: the
+    /// question and the OPT record, nothing else.
+    fn assert_reply(reply: &Message, truncated: bool) {
+        assert_eq!(reply.metadata.truncation, truncated, "{reply:?}");
+        assert_eq!(reply.queries.len(), 1, "{reply:?}");
+        assert!(reply.edns.is_some(), "the OPT is kept: {reply:?}");
+        let records = reply.answers.len() + reply.authorities.len();
+        assert_eq!(records, usize::from(!truncated), "{reply:?}");
+    }
+
+    #[tokio::test]
+    async fn udp_answers_over_the_rate_are_truncated_or_dropped_per_source_prefix() {
+        let rrl = RrlConfig {
+            rate: 1,
+            burst: 5,
+            slip: 2,
+            ..RrlConfig::DEFAULT
+        };
+        let (addr, _stop) = udp_and_tcp_responder(rrl).await;
+        let limited = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        limited.connect(addr).await.unwrap();
+        // 127.0.0.0/8 is all loopback on Linux: 127.0.1.1 is another /24.
+        let other = tokio::net::UdpSocket::bind("127.0.1.1:0").await.unwrap();
+        other.connect(addr).await.unwrap();
+
+        let started = Instant::now();
+        for id in 0..100 {
+            limited.send(&query_bytes(id)).await.unwrap();
+        }
+        // Queued behind the burst, so answered while the first /24 is limited.
+        other.send(&query_bytes(1000)).await.unwrap();
+        let (from_limited, from_other) = tokio::join!(replies(&limited), replies(&other));
+        // Time the bucket may have refilled in (1 answer a second).
+        let seconds = started.elapsed().as_secs() as usize + 1;
+
+        let (whole, truncated): (Vec<&Message>, Vec<&Message>) =
+            from_limited.iter().partition(|r| !r.metadata.truncation);
+        for reply in &whole {
+            assert_reply(reply, false);
+        }
+        for reply in &truncated {
+            assert_reply(reply, true);
+        }
+        assert!(
+            (5..=5 + seconds).contains(&whole.len()),
+            "the burst answered whole, then about the rate: {} of 100",
+            whole.len()
+        );
+        // Of the other 95 or so, every second one slips and the rest are dropped.
+        let over = 100 - whole.len();
+        assert!(
+            truncated.len().abs_diff(over / 2) <= 1 + seconds,
+            "{} truncated of {over} over the limit",
+            truncated.len()
+        );
+        assert!(whole.len() + truncated.len() < 100, "some dropped");
+
+        // Another /24 is answered as usual.
+        assert_eq!(from_other.len(), 1);
+        assert_eq!(from_other[0].metadata.id, 1000);
+        assert_reply(&from_other[0], false);
+
+        // A truncated query asked again over TCP gets the whole answer: TCP is not
+        // limited.
+        let id = truncated[0].metadata.id;
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream.write_all(&framed_query(id)).await.unwrap();
+        let mut len = [0u8; 2];
+        stream.read_exact(&mut len).await.unwrap();
+        let mut bytes = vec![0u8; u16::from_be_bytes(len) as usize];
+        stream.read_exact(&mut bytes).await.unwrap();
+        let reply = Message::from_vec(&bytes).unwrap();
+        assert_eq!(reply.metadata.id, id);
+        assert_reply(&reply, false);
+    }
+
+    #[tokio::test]
+    async fn udp_is_not_limited_with_rate_zero() {
+        let (addr, _stop) = udp_and_tcp_responder(RrlConfig::OFF).await;
+        let client = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        client.connect(addr).await.unwrap();
+        for id in 0..100 {
+            client.send(&query_bytes(id)).await.unwrap();
+        }
+        let all = replies(&client).await;
+        assert_eq!(all.len(), 100);
+        for reply in &all {
+            assert_reply(reply, false);
+        }
     }
 }

@@ -722,3 +722,66 @@ fn names_the_zone_uses_are_reserved_for_accounts() {
         assert!(!reserved.contains(&Label::new(label.as_bytes()).unwrap()));
     }
 }
+
+/// `bytes` cut down as response rate limiting slips an answer.
+fn slipped(bytes: &[u8]) -> Vec<u8> {
+    let mut out = bytes.to_vec();
+    crate::wire::truncate_response(&mut out);
+    out
+}
+
+#[test]
+fn a_slipped_answer_keeps_the_header_the_question_and_the_opt() {
+    // NS at the apex: an answer, glue in the additional section before the OPT.
+    let query = query_bytes("auth.example.test.", RecordType::NS, Some(1232));
+    let (_, whole) = respond(&query, Transport::Udp).unwrap();
+    let message = Message::from_vec(&whole).unwrap();
+    assert_eq!((message.answers.len(), message.additionals.len()), (1, 2));
+    // The same header with TC set and the counts of the question and the OPT, the
+    // question as asked, our OPT: nothing else.
+    let mut header = whole[..12].to_vec();
+    header[2] |= 0x02;
+    header[4..].copy_from_slice(&[0, 1, 0, 0, 0, 0, 0, 1]);
+    let question = &query[12..query.len() - 11];
+    let bytes = slipped(&whole);
+    assert_eq!(bytes, concat(&[&header, question, &our_opt(false)]));
+    let message = Message::from_vec(&bytes).unwrap();
+    assert!(message.metadata.truncation);
+    assert!(message.metadata.authoritative, "flags kept");
+    assert_eq!(message.metadata.response_code, ResponseCode::NoError);
+    assert!(message.answers.is_empty() && message.additionals.is_empty());
+    assert_eq!(message.edns.unwrap().max_payload(), answer::MAX_UDP_PAYLOAD);
+
+    // Without EDNS, no OPT; NXDOMAIN stays NXDOMAIN, its SOA goes.
+    let query = query_bytes("missing.auth.example.test.", RecordType::TXT, None);
+    let (_, bytes) = respond(&query, Transport::Udp).unwrap();
+    let message = Message::from_vec(&slipped(&bytes)).unwrap();
+    assert!(message.metadata.truncation);
+    assert_eq!(message.metadata.response_code, ResponseCode::NXDomain);
+    assert_eq!(message.queries.len(), 1);
+    assert!(message.authorities.is_empty() && message.edns.is_none());
+    assert_eq!(slipped(&bytes).len(), query.len());
+
+    // BADVERS keeps its upper bits, which live in the OPT.
+    let mut message = Message::from_vec(&query_bytes(
+        "auth.example.test.",
+        RecordType::SOA,
+        Some(1232),
+    ))
+    .unwrap();
+    message.edns.as_mut().unwrap().set_version(1);
+    let (_, bytes) = respond(&message.to_vec().unwrap(), Transport::Udp).unwrap();
+    let response = Message::from_vec(&slipped(&bytes)).unwrap();
+    assert!(response.metadata.truncation);
+    assert_eq!(u16::from(response.metadata.response_code), 16);
+
+    // A FORMERR without a question: the header and the OPT.
+    let packet = concat(&[
+        &raw_header(0, [0, 0, 0, 1]),
+        &client_opt(true, &CLIENT_COOKIE),
+    ]);
+    assert_eq!(
+        slipped(&formerr(&packet)),
+        concat(&[&raw_header(0x8201, [0, 0, 0, 1]), &our_opt(true)])
+    );
+}
