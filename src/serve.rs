@@ -149,6 +149,14 @@ pub struct DnsArgs {
     #[arg(long = "record", env = "KUBE_ACME_DNS_RECORDS", value_delimiter = ';')]
     pub records: Vec<String>,
 
+    /// This replica's identity, answered in the NSID option to queries that ask for it
+    /// (RFC 5001, `dig +nsid`) and as CHAOS TXT at `id.server.` and `hostname.bind.`
+    /// (RFC 4892), so it shows which replica behind a load balancer answered. At most 64
+    /// printable ASCII characters; empty turns both off. The Helm chart sets the pod
+    /// name.
+    #[arg(long, env = "KUBE_ACME_DNS_NSID", default_value = "")]
+    pub nsid: String,
+
     /// Response rate limiting (RRL) of UDP answers: answers per second to one source
     /// prefix (see --rrl-ipv4-prefix and --rrl-ipv6-prefix), beyond which they are sent
     /// truncated or dropped (--rrl-slip), so the server cannot be used to flood an
@@ -211,6 +219,7 @@ impl DnsArgs {
             .filter(|r| !r.trim().is_empty())
             .cloned()
             .collect();
+        config.identity = self.nsid.clone();
         config
     }
 
@@ -564,6 +573,26 @@ mod tests {
             }
         );
         assert_eq!(rrl(&["--rrl-rate=0"]).unwrap().rate, 0);
+    }
+
+    fn zone(flags: &[&str]) -> Result<Zone, crate::dns::ZoneError> {
+        let args = std::iter::once("serve").chain(flags.iter().copied());
+        Zone::new(&Flags::try_parse_from(args).unwrap().dns.zone_config())
+    }
+
+    #[test]
+    fn nsid_is_off_by_default_and_checked_at_start() {
+        assert_eq!(zone(&[]).unwrap().nsid(), None);
+        assert_eq!(zone(&["--nsid="]).unwrap().nsid(), None);
+        assert_eq!(
+            zone(&["--nsid=kube-acme-dns-7d9f8-x2x4q"]).unwrap().nsid(),
+            Some(&b"kube-acme-dns-7d9f8-x2x4q"[..])
+        );
+        for bad in ["x".repeat(65), "caf\u{e9}".into(), "tab\there".into()] {
+            let error = zone(&[&format!("--nsid={bad}")]).unwrap_err().to_string();
+            assert!(error.contains("KUBE_ACME_DNS_NSID"), "{error}");
+            assert!(error.contains("at most 64 printable ASCII"), "{error}");
+        }
     }
 
     #[test]

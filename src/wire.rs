@@ -17,6 +17,11 @@ pub const TYPE_MAILA: u16 = 254;
 pub const TYPE_ANY: u16 = 255;
 pub const TYPE_CAA: u16 = 257;
 pub const CLASS_IN: u16 = 1;
+/// The CHAOS class, where servers answer questions about themselves (RFC 4892).
+pub const CLASS_CH: u16 = 3;
+
+/// EDNS option code of the name server identifier (RFC 5001 §2.3).
+pub const OPTION_NSID: u16 = 3;
 
 pub const RCODE_NOERROR: u8 = 0;
 pub const RCODE_FORMERR: u8 = 1;
@@ -42,6 +47,9 @@ pub struct Edns {
     pub udp_size: u16,
     pub version: u8,
     pub dnssec_ok: bool,
+    /// The OPT carried an NSID option: the client asks which server answered
+    /// (RFC 5001 §2.1).
+    pub nsid: bool,
 }
 
 /// A parsed query. Slices borrow the packet: `question` is the question section as
@@ -221,14 +229,16 @@ fn read_records(
                 let fixed = &packet[next_fixed(pos)..next];
                 let class = u16::from_be_bytes([fixed[2], fixed[3]]);
                 let ttl = u32::from_be_bytes([fixed[4], fixed[5], fixed[6], fixed[7]]);
+                let options = read_options(&fixed[10..]);
                 records.edns = Some(Edns {
                     udp_size: class,
                     version: (ttl >> 16) as u8,
                     dnssec_ok: ttl & 0x8000 != 0,
+                    nsid: options.nsid,
                 });
                 // RFC 6891 §7: an option list that does not end exactly at the end of
                 // the RDATA is malformed.
-                if !options_well_formed(&fixed[10..]) {
+                if !options.well_formed {
                     records.malformed = true;
                 }
             }
@@ -238,20 +248,41 @@ fn read_records(
     records
 }
 
-/// Whether OPT RDATA is a whole number of options: code (16 bits), length (16 bits)
-/// and that many bytes of data, each (RFC 6891 §6.1.2).
-fn options_well_formed(mut rdata: &[u8]) -> bool {
+/// What the options of an OPT record ask for.
+struct Options {
+    /// The RDATA is a whole number of options: code (16 bits), length (16 bits) and
+    /// that many bytes of data, each (RFC 6891 §6.1.2).
+    well_formed: bool,
+    /// An NSID option was among them (as far as they could be read).
+    nsid: bool,
+}
+
+/// Walks the option list of OPT RDATA. Options we do not know are skipped
+/// (RFC 6891 §6.1.2).
+fn read_options(mut rdata: &[u8]) -> Options {
+    let mut options = Options {
+        well_formed: true,
+        nsid: false,
+    };
     while !rdata.is_empty() {
         let Some(header) = rdata.get(..4) else {
-            return false;
+            options.well_formed = false;
+            break;
         };
+        let code = u16::from_be_bytes([header[0], header[1]]);
         let len = u16::from_be_bytes([header[2], header[3]]) as usize;
         let Some(rest) = rdata.get(4 + len..) else {
-            return false;
+            options.well_formed = false;
+            break;
         };
+        // RFC 5001 §2.1 has the client send the option empty; data in it is ignored
+        // rather than refused, the request being plain either way.
+        if code == OPTION_NSID {
+            options.nsid = true;
+        }
         rdata = rest;
     }
-    true
+    options
 }
 
 /// Position of a record's fixed part (type, class, ttl, rdlength) when its owner is the
@@ -337,9 +368,11 @@ pub fn set_flags(out: &mut [u8], flags: u16) {
 /// Cuts a response already written in `out` down to a truncated one, in place: TC set,
 /// the header and the question kept, the answer, authority and additional sections
 /// dropped except the OPT record, which RFC 6891 §7 asks for in a truncated response too
-/// (it carries the upper RCODE bits and our payload size). The client asks again over
-/// TCP (RFC 2181 §9, RFC 7766 §5). Nothing is allocated: the OPT moves down to follow
-/// the question.
+/// (it carries the upper RCODE bits and our payload size). The OPT keeps no options: the
+/// only one we write is NSID (RFC 5001), which the retry gets, and without it the reply
+/// is never larger than the query, whose OPT has at least the same 11 bytes. The client
+/// asks again over TCP (RFC 2181 §9, RFC 7766 §5). Nothing is allocated: the OPT moves
+/// down to follow the question.
 pub fn truncate_response(out: &mut Vec<u8>) {
     if out.len() < HEADER_LEN {
         return;
@@ -361,8 +394,12 @@ pub fn truncate_response(out: &mut Vec<u8>) {
     };
     let mut end = question_end;
     if let Some(opt) = &opt {
-        out.copy_within(opt.clone(), question_end);
-        end += opt.len();
+        // Owner, type, class and TTL (9 bytes for a root owner), then RDLENGTH 0.
+        let fixed = opt.start..opt.start + OPT_LEN - 2;
+        out.copy_within(fixed, question_end);
+        end += OPT_LEN - 2;
+        out[end..end + 2].copy_from_slice(&0u16.to_be_bytes());
+        end += 2;
     }
     out.truncate(end);
     set_counts(out, [qdcount, 0, 0, u16::from(opt.is_some())]);
@@ -370,7 +407,7 @@ pub fn truncate_response(out: &mut Vec<u8>) {
 }
 
 /// Where the OPT record of a response is, searching its additional section from the
-/// records that start at `pos`.
+/// records that start at `pos`. Ours is always owned by the root (RFC 6891 §6.1.2).
 fn find_opt(
     packet: &[u8],
     mut pos: usize,
@@ -380,8 +417,8 @@ fn find_opt(
 ) -> Option<std::ops::Range<usize>> {
     let before = u32::from(ancount) + u32::from(nscount);
     for i in 0..before + u32::from(arcount) {
-        let (next, rtype, _) = skip_record(packet, pos)?;
-        if i >= before && rtype == TYPE_OPT {
+        let (next, rtype, owner_is_root) = skip_record(packet, pos)?;
+        if i >= before && rtype == TYPE_OPT && owner_is_root {
             return Some(pos..next);
         }
         pos = next;
@@ -399,16 +436,41 @@ pub fn write_record_header(out: &mut Vec<u8>, owner_offset: u16, rtype: u16, ttl
     out.extend_from_slice(&rdlen.to_be_bytes());
 }
 
-/// The OPT record of a response: our UDP payload size, the extended RCODE bits, and
-/// the DO bit copied from the query (RFC 3225 §3).
+/// Bytes of an OPT record without options: root owner, type, class, TTL, RDLENGTH.
+pub const OPT_LEN: usize = 11;
+
+/// Bytes the NSID option adds to an OPT record: code, length, then the identifier.
 #[inline]
-pub fn write_opt(out: &mut Vec<u8>, udp_size: u16, extended_rcode: u8, dnssec_ok: bool) {
+pub fn nsid_option_len(nsid: &[u8]) -> usize {
+    4 + nsid.len()
+}
+
+/// The OPT record of a response: our UDP payload size, the extended RCODE bits, the
+/// DO bit copied from the query (RFC 3225 §3), and, when `nsid` is given, the NSID
+/// option holding it (RFC 5001 §2.3). The identifier is at most 64 bytes (checked when
+/// the zone is prepared), so its length always fits.
+#[inline]
+pub fn write_opt(
+    out: &mut Vec<u8>,
+    udp_size: u16,
+    extended_rcode: u8,
+    dnssec_ok: bool,
+    nsid: Option<&[u8]>,
+) {
     out.push(0);
     out.extend_from_slice(&TYPE_OPT.to_be_bytes());
     out.extend_from_slice(&udp_size.to_be_bytes());
     let ttl = ((extended_rcode as u32) << 24) | if dnssec_ok { 0x8000 } else { 0 };
     out.extend_from_slice(&ttl.to_be_bytes());
-    out.extend_from_slice(&0u16.to_be_bytes());
+    match nsid {
+        Some(nsid) => {
+            out.extend_from_slice(&(nsid_option_len(nsid) as u16).to_be_bytes());
+            out.extend_from_slice(&OPTION_NSID.to_be_bytes());
+            out.extend_from_slice(&(nsid.len() as u16).to_be_bytes());
+            out.extend_from_slice(nsid);
+        }
+        None => out.extend_from_slice(&0u16.to_be_bytes()),
+    }
 }
 
 /// Encodes a presentation-format name (`ns.example.org`, trailing dot optional) in

@@ -5,9 +5,10 @@ use super::zone::{Node, Zone};
 use crate::{
     index::{AccountIndex, Label},
     wire::{
-        self, CLASS_IN, Query, RCODE_BADVERS, RCODE_FORMERR, RCODE_NOERROR, RCODE_NOTIMP,
-        RCODE_NXDOMAIN, RCODE_REFUSED, Reject, TYPE_A, TYPE_AAAA, TYPE_ANY, TYPE_AXFR, TYPE_HINFO,
-        TYPE_IXFR, TYPE_MAILA, TYPE_MAILB, TYPE_NS, TYPE_OPT, TYPE_SOA, TYPE_TXT,
+        self, CLASS_CH, CLASS_IN, Edns, Query, RCODE_BADVERS, RCODE_FORMERR, RCODE_NOERROR,
+        RCODE_NOTIMP, RCODE_NXDOMAIN, RCODE_REFUSED, Reject, TYPE_A, TYPE_AAAA, TYPE_ANY,
+        TYPE_AXFR, TYPE_HINFO, TYPE_IXFR, TYPE_MAILA, TYPE_MAILB, TYPE_NS, TYPE_OPT, TYPE_SOA,
+        TYPE_TXT,
     },
 };
 
@@ -62,7 +63,7 @@ pub fn answer(
             );
             if let Some(edns) = edns {
                 // RFC 6891 §6.1.1: an OPT in the query means one in the response.
-                wire::write_opt(out, MAX_UDP_PAYLOAD, 0, edns.dnssec_ok);
+                wire::write_opt(out, MAX_UDP_PAYLOAD, 0, edns.dnssec_ok, nsid(zone, edns));
             }
             return Some(Answered {
                 qtype: 0,
@@ -76,19 +77,32 @@ pub fn answer(
         && edns.version > 0
     {
         // RFC 6891 §6.1.3: we speak version 0 only.
-        return Some(header_only(&query, out, false, RCODE_BADVERS));
+        return Some(header_only(&query, zone, out, false, RCODE_BADVERS));
     }
     if query.qclass != CLASS_IN {
-        return Some(header_only(&query, out, false, RCODE_REFUSED as u16));
+        // RFC 4892 §2: a server's identity as CHAOS TXT at id.server. (and BIND's older
+        // hostname.bind.), when it has one. Anything else in another class, such as
+        // version.bind., is refused: we answer for our zone only.
+        if query.qclass == CLASS_CH
+            && query.qtype == TYPE_TXT
+            && !zone.identity_txt.is_empty()
+            && asks_identity(&query)
+        {
+            let mut response = Response::start(&query, out);
+            response.out.extend_from_slice(&zone.identity_txt);
+            response.answers = 1;
+            return Some(response.finish(zone, transport));
+        }
+        return Some(header_only(&query, zone, out, false, RCODE_REFUSED as u16));
     }
     match query.qtype {
-        TYPE_OPT => return Some(header_only(&query, out, false, RCODE_FORMERR as u16)),
+        TYPE_OPT => return Some(header_only(&query, zone, out, false, RCODE_FORMERR as u16)),
         // No zone transfers: the content is per-replica state, not a zone to copy.
         TYPE_AXFR | TYPE_IXFR => {
-            return Some(header_only(&query, out, false, RCODE_REFUSED as u16));
+            return Some(header_only(&query, zone, out, false, RCODE_REFUSED as u16));
         }
         TYPE_MAILA | TYPE_MAILB => {
-            return Some(header_only(&query, out, false, RCODE_NOTIMP as u16));
+            return Some(header_only(&query, zone, out, false, RCODE_NOTIMP as u16));
         }
         _ => {}
     }
@@ -104,7 +118,7 @@ pub fn answer(
                 .eq_ignore_ascii_case(&zone.apex_labels[i])
         })
     {
-        return Some(header_only(&query, out, false, RCODE_REFUSED as u16));
+        return Some(header_only(&query, zone, out, false, RCODE_REFUSED as u16));
     }
     let apex_offset = wire::HEADER_LEN as u16 + query.label_offsets[n - k] as u16;
 
@@ -137,7 +151,25 @@ pub fn answer(
         // acme-dns answers NXDOMAIN for other types at existing names; that is wrong.
         response.soa_authority(zone, apex_offset);
     }
-    Some(response.finish(transport))
+    Some(response.finish(zone, transport))
+}
+
+/// Whether the question name is `id.server.` or `hostname.bind.`, in any letter case.
+fn asks_identity(query: &Query<'_>) -> bool {
+    query.label_count == 2
+        && [(&b"id"[..], &b"server"[..]), (b"hostname", b"bind")]
+            .iter()
+            .any(|(first, second)| {
+                query.label(0).eq_ignore_ascii_case(first)
+                    && query.label(1).eq_ignore_ascii_case(second)
+            })
+}
+
+/// The NSID to put in the answer's OPT: the zone's identity when the query asked for
+/// it, and nothing otherwise (RFC 5001 §2.3: never unasked).
+#[inline]
+fn nsid(zone: &Zone, edns: Edns) -> Option<&[u8]> {
+    if edns.nsid { zone.nsid() } else { None }
 }
 
 /// A configured name below the apex, found without allocating.
@@ -154,13 +186,27 @@ fn static_node<'z>(zone: &'z Zone, query: &Query<'_>, relative_labels: usize) ->
     zone.names.get(&key[..end])
 }
 
-fn header_only(query: &Query<'_>, out: &mut Vec<u8>, authoritative: bool, rcode: u16) -> Answered {
+/// An answer of the header, the question and the OPT only. It always fits a 512-byte
+/// UDP answer, NSID included: 12 + at most 259 + 11 + 4 + 64 bytes.
+fn header_only(
+    query: &Query<'_>,
+    zone: &Zone,
+    out: &mut Vec<u8>,
+    authoritative: bool,
+    rcode: u16,
+) -> Answered {
     let flags = wire::response_flags(query.flags, authoritative, false, (rcode & 0x0F) as u8);
     let arcount = u16::from(query.edns.is_some());
     wire::write_header(out, query.id, flags, [1, 0, 0, arcount]);
     out.extend_from_slice(query.question);
     if let Some(edns) = query.edns {
-        wire::write_opt(out, MAX_UDP_PAYLOAD, (rcode >> 4) as u8, edns.dnssec_ok);
+        wire::write_opt(
+            out,
+            MAX_UDP_PAYLOAD,
+            (rcode >> 4) as u8,
+            edns.dnssec_ok,
+            nsid(zone, edns),
+        );
     }
     Answered {
         qtype: query.qtype,
@@ -274,7 +320,7 @@ impl<'q, 'o> Response<'q, 'o> {
         self.authority += 1;
     }
 
-    fn finish(self, transport: Transport) -> Answered {
+    fn finish(self, zone: &Zone, transport: Transport) -> Answered {
         let edns = self.query.edns;
         let limit = match transport {
             Transport::Tcp => u16::MAX as usize,
@@ -283,7 +329,13 @@ impl<'q, 'o> Response<'q, 'o> {
                 None => 512,
             },
         };
-        let opt_len = if edns.is_some() { 11 } else { 0 };
+        let nsid = edns.and_then(|e| nsid(zone, e));
+        // The OPT is written last, after the decision to truncate, so it is counted
+        // here: 11 bytes, and the NSID option's when there is one.
+        let opt_len = match edns {
+            Some(_) => wire::OPT_LEN + nsid.map_or(0, wire::nsid_option_len),
+            None => 0,
+        };
         let mut counts = [1, self.answers, self.authority, self.additional];
         let truncated = self.out.len() + opt_len > limit;
         if truncated {
@@ -293,7 +345,7 @@ impl<'q, 'o> Response<'q, 'o> {
             counts = [1, 0, 0, 0];
         }
         if let Some(e) = edns {
-            wire::write_opt(self.out, MAX_UDP_PAYLOAD, 0, e.dnssec_ok);
+            wire::write_opt(self.out, MAX_UDP_PAYLOAD, 0, e.dnssec_ok, nsid);
             counts[3] += 1;
         }
         wire::set_counts(self.out, counts);

@@ -5,7 +5,10 @@ use std::str::FromStr;
 
 use hickory_proto::{
     op::{Edns, Message, OpCode, Query, ResponseCode},
-    rr::{DNSClass, Name, RData, RecordType},
+    rr::{
+        DNSClass, Name, RData, RecordType,
+        rdata::opt::{EdnsCode, EdnsOption, NSIDPayload},
+    },
 };
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 
@@ -784,4 +787,189 @@ fn a_slipped_answer_keeps_the_header_the_question_and_the_opt() {
         slipped(&formerr(&packet)),
         concat(&[&raw_header(0x8201, [0, 0, 0, 1]), &our_opt(true)])
     );
+}
+
+const IDENTITY: &str = "kube-acme-dns-6c9f7b5d4-x7k2p";
+
+fn zone_with_identity() -> Zone {
+    let mut config = ZoneConfig::new("auth.example.test");
+    config.identity = IDENTITY.into();
+    Zone::new(&config).unwrap()
+}
+
+/// A query with EDNS, carrying the empty NSID option of RFC 5001 §2.1 when `nsid`.
+fn query_asking_nsid(name: &str, qtype: RecordType, udp_size: u16, nsid: bool) -> Vec<u8> {
+    let mut message = Message::from_vec(&query_bytes(name, qtype, Some(udp_size))).unwrap();
+    if nsid {
+        let empty = NSIDPayload::new(Vec::new()).unwrap();
+        message
+            .edns
+            .as_mut()
+            .unwrap()
+            .options_mut()
+            .insert(EdnsOption::NSID(empty));
+    }
+    message.to_vec().unwrap()
+}
+
+fn respond_from(zone: &Zone, index: &AccountIndex, packet: &[u8]) -> (Answered, Message) {
+    let mut out = Vec::new();
+    let answered = answer(packet, zone, index, Transport::Udp, &mut out).expect("an answer");
+    (
+        answered,
+        Message::from_vec(&out).expect("our answer decodes"),
+    )
+}
+
+/// The NSID option's data in the answer's OPT, if it has one.
+fn nsid_of(message: &Message) -> Option<Vec<u8>> {
+    let edns = message.edns.as_ref().expect("OPT in the response");
+    match edns.options().get(EdnsCode::NSID)? {
+        EdnsOption::NSID(payload) => Some(payload.as_ref().to_vec()),
+        other => panic!("{other:?}"),
+    }
+}
+
+fn chaos_txt(name: &str) -> Vec<u8> {
+    let mut message = Message::from_vec(&query_bytes(name, RecordType::TXT, Some(1232))).unwrap();
+    message.queries[0].query_class = DNSClass::CH;
+    message.to_vec().unwrap()
+}
+
+#[test]
+fn nsid_asked_is_answered_with_the_identity() {
+    let query = query_asking_nsid("auth.example.test.", RecordType::SOA, 1232, true);
+    let (_, message) = respond_from(&zone_with_identity(), &index(), &query);
+    assert_eq!(message.metadata.response_code, ResponseCode::NoError);
+    assert_eq!(message.answers.len(), 1, "the answer itself is unchanged");
+    assert_eq!(nsid_of(&message), Some(IDENTITY.as_bytes().to_vec()));
+
+    // Answers that are only a header and the question carry it too.
+    let query = query_asking_nsid("example.org.", RecordType::A, 1232, true);
+    let (answered, message) = respond_from(&zone_with_identity(), &index(), &query);
+    assert_eq!(answered.rcode, 5);
+    assert_eq!(nsid_of(&message), Some(IDENTITY.as_bytes().to_vec()));
+}
+
+#[test]
+fn nsid_not_asked_is_not_answered() {
+    let query = query_asking_nsid("auth.example.test.", RecordType::SOA, 1232, false);
+    let (_, message) = respond_from(&zone_with_identity(), &index(), &query);
+    assert_eq!(nsid_of(&message), None);
+    assert!(message.edns.unwrap().options().as_ref().is_empty());
+}
+
+#[test]
+fn nsid_asked_without_an_identity_is_not_answered() {
+    let query = query_asking_nsid("auth.example.test.", RecordType::SOA, 1232, true);
+    let (_, message) = respond_from(&zone(), &index(), &query);
+    assert_eq!(message.metadata.response_code, ResponseCode::NoError);
+    assert_eq!(nsid_of(&message), None);
+}
+
+#[test]
+fn chaos_id_server_and_hostname_bind_answer_the_identity() {
+    for name in ["id.server.", "hostname.bind.", "ID.Server."] {
+        let (answered, message) = respond_from(&zone_with_identity(), &index(), &chaos_txt(name));
+        assert_eq!(answered.rcode, 0, "{name}");
+        assert_eq!(message.metadata.response_code, ResponseCode::NoError);
+        assert_eq!(message.answers.len(), 1, "{name}");
+        let record = &message.answers[0];
+        assert_eq!(record.dns_class, DNSClass::CH);
+        assert_eq!(record.ttl, 0);
+        assert_eq!(record.name, Name::from_str(name).unwrap());
+        assert_eq!(txt_strings(&message), [IDENTITY]);
+    }
+}
+
+#[test]
+fn chaos_version_bind_is_refused() {
+    for name in ["version.bind.", "version.server.", "authors.bind."] {
+        let (answered, message) = respond_from(&zone_with_identity(), &index(), &chaos_txt(name));
+        assert_eq!(answered.rcode, 5, "{name}");
+        assert!(message.answers.is_empty());
+    }
+    // Only TXT is answered at id.server.
+    let mut message =
+        Message::from_vec(&query_bytes("id.server.", RecordType::A, Some(1232))).unwrap();
+    message.queries[0].query_class = DNSClass::CH;
+    let (answered, _) = respond_from(&zone_with_identity(), &index(), &message.to_vec().unwrap());
+    assert_eq!(answered.rcode, 5);
+}
+
+#[test]
+fn chaos_identity_queries_are_refused_without_an_identity() {
+    for name in ["id.server.", "hostname.bind."] {
+        let (answered, message) = respond_from(&zone(), &index(), &chaos_txt(name));
+        assert_eq!(answered.rcode, 5, "{name}");
+        assert!(message.answers.is_empty());
+    }
+}
+
+#[test]
+fn nsid_counts_towards_the_udp_size_that_decides_truncation() {
+    // Two 218-byte values make an answer of exactly 512 bytes with an empty OPT:
+    // header 12, question 27, two TXT records of 12 + 1 + 218, OPT 11.
+    let values = ["a".repeat(218), "b".repeat(218)];
+    let index = AccountIndex::new(1);
+    index.apply(&account("big", &[&values[0], &values[1]]));
+    let zone = zone_with_identity();
+    let name = "big.auth.example.test.";
+
+    let mut out = Vec::new();
+    let plain = query_asking_nsid(name, RecordType::TXT, 512, false);
+    let answered = answer(&plain, &zone, &index, Transport::Udp, &mut out).unwrap();
+    assert!(!answered.truncated);
+    assert_eq!(out.len(), 512, "the answer just fits without NSID");
+
+    // The NSID option (4 + identity bytes) no longer fits: truncated, and the
+    // truncated answer still carries the NSID within the client's 512 bytes.
+    let asked = query_asking_nsid(name, RecordType::TXT, 512, true);
+    let answered = answer(&asked, &zone, &index, Transport::Udp, &mut out).unwrap();
+    assert!(answered.truncated);
+    assert!(out.len() <= 512, "{} bytes", out.len());
+    let message = Message::from_vec(&out).unwrap();
+    assert!(message.metadata.truncation);
+    assert!(message.answers.is_empty());
+    assert_eq!(nsid_of(&message), Some(IDENTITY.as_bytes().to_vec()));
+
+    // A buffer that much larger takes it all, to the byte.
+    let size = 512 + 4 + IDENTITY.len();
+    let asked = query_asking_nsid(name, RecordType::TXT, size as u16, true);
+    let answered = answer(&asked, &zone, &index, Transport::Udp, &mut out).unwrap();
+    assert!(!answered.truncated);
+    assert_eq!(out.len(), size);
+    let message = Message::from_vec(&out).unwrap();
+    assert_eq!(txt_strings(&message), values);
+    assert_eq!(nsid_of(&message), Some(IDENTITY.as_bytes().to_vec()));
+}
+
+#[test]
+fn a_slipped_answer_to_an_nsid_query_is_no_larger_than_the_query() {
+    // Response rate limiting may send a truncated reply to a forged source; the NSID
+    // would make it larger than the query, so it keeps the OPT without options.
+    let query = query_asking_nsid("example.org.", RecordType::A, 1232, true);
+    let (_, whole) = respond_from(&zone_with_identity(), &index(), &query);
+    assert!(nsid_of(&whole).is_some());
+    let mut out = Vec::new();
+    answer(
+        &query,
+        &zone_with_identity(),
+        &index(),
+        Transport::Udp,
+        &mut out,
+    )
+    .unwrap();
+    let bytes = slipped(&out);
+    assert!(
+        bytes.len() <= query.len(),
+        "{} > {}",
+        bytes.len(),
+        query.len()
+    );
+    let message = Message::from_vec(&bytes).unwrap();
+    assert!(message.metadata.truncation);
+    assert_eq!(message.metadata.response_code, ResponseCode::Refused);
+    assert_eq!(nsid_of(&message), None);
+    assert_eq!(message.edns.unwrap().max_payload(), answer::MAX_UDP_PAYLOAD);
 }

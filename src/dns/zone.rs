@@ -24,6 +24,10 @@ pub struct ZoneConfig {
     pub negative_ttl: u32,
     /// Static records, `NAME TYPE DATA` (e.g. `api A 192.0.2.10`).
     pub records: Vec<String>,
+    /// This server's identity, answered in NSID (RFC 5001) and to CHAOS TXT queries for
+    /// `id.server.` and `hostname.bind.` (RFC 4892), so an operator can tell which
+    /// replica answered. Empty turns both off.
+    pub identity: String,
 }
 
 impl ZoneConfig {
@@ -38,6 +42,7 @@ impl ZoneConfig {
             ttl: 3600,
             negative_ttl: 60,
             records: Vec::new(),
+            identity: String::new(),
             apex,
         }
     }
@@ -59,7 +64,16 @@ pub enum ZoneError {
     BadRecord(String),
     #[error("at least one name server is needed for the NS records at the apex")]
     NoNameservers,
+    #[error(
+        "the server identity {0:?} is not usable in NSID and CHAOS TXT answers: set --nsid (KUBE_ACME_DNS_NSID) to at most {MAX_IDENTITY_LEN} printable ASCII characters, e.g. the pod name, or leave it empty to turn them off"
+    )]
+    BadIdentity(String),
 }
+
+/// Longest server identity. RFC 5001 sets no bound, but the identity rides in every
+/// answer that asks for it, so it is kept short: a pod name (at most 63 characters
+/// for one a Deployment names) fits.
+pub const MAX_IDENTITY_LEN: usize = 64;
 
 /// Record sets at one name, each record's RDATA already encoded.
 #[derive(Debug, Default)]
@@ -108,6 +122,11 @@ pub struct Zone {
     /// SOA RDATA, used in the authority section of negative answers.
     pub soa_rdata: Vec<u8>,
     pub negative_ttl: u32,
+    /// The server identity's bytes, the NSID option's data; empty when there is none.
+    pub nsid: Box<[u8]>,
+    /// The CHAOS TXT record answering `id.server.` and `hostname.bind.`, owned by a
+    /// pointer to the question name; empty when there is no identity.
+    pub identity_txt: Box<[u8]>,
 }
 
 impl Zone {
@@ -124,7 +143,10 @@ impl Zone {
             names: HashMap::new(),
             soa_rdata: Vec::new(),
             negative_ttl: config.negative_ttl,
+            nsid: Box::default(),
+            identity_txt: Box::default(),
         };
+        zone.set_identity(&config.identity)?;
 
         let mname = absolute_name(&config.nameservers[0], "name server")?;
         let rname = absolute_name(&config.hostmaster, "hostmaster")?;
@@ -162,6 +184,41 @@ impl Zone {
             zone.node_mut(&relative).add(rtype, config.ttl, rdata);
         }
         Ok(zone)
+    }
+
+    /// The identity's bytes, when there is one.
+    #[inline]
+    pub fn nsid(&self) -> Option<&[u8]> {
+        (!self.nsid.is_empty()).then_some(&*self.nsid)
+    }
+
+    /// Checks the identity and prepares what answers carry of it, once, so writing it
+    /// into an answer is a copy.
+    fn set_identity(&mut self, identity: &str) -> Result<(), ZoneError> {
+        if identity.is_empty() {
+            return Ok(());
+        }
+        // Printable ASCII reads the same in every tool that shows it (dig prints NSID
+        // as hex and as text).
+        if identity.len() > MAX_IDENTITY_LEN
+            || !identity.bytes().all(|b| (b' '..=b'~').contains(&b))
+        {
+            return Err(ZoneError::BadIdentity(identity.to_string()));
+        }
+        let bytes = identity.as_bytes();
+        self.nsid = bytes.into();
+        // One TXT record, class CH, TTL 0 (the answer is about this replica only, so
+        // nothing should cache it), one character-string (RFC 1035 §3.3.14).
+        let mut txt = Vec::with_capacity(12 + 1 + bytes.len());
+        txt.extend_from_slice(&(0xC000 | wire::HEADER_LEN as u16).to_be_bytes());
+        txt.extend_from_slice(&TYPE_TXT.to_be_bytes());
+        txt.extend_from_slice(&wire::CLASS_CH.to_be_bytes());
+        txt.extend_from_slice(&0u32.to_be_bytes());
+        txt.extend_from_slice(&(1 + bytes.len() as u16).to_be_bytes());
+        txt.push(bytes.len() as u8);
+        txt.extend_from_slice(bytes);
+        self.identity_txt = txt.into();
+        Ok(())
     }
 
     /// The single labels right below the apex that the zone itself uses (a name server,
