@@ -24,7 +24,7 @@ use std::{
 use base64::{Engine, prelude::BASE64_STANDARD};
 use hickory_proto::{
     op::{Message, ResponseCode},
-    rr::{RData, RecordType},
+    rr::{DNSClass, RData, RecordType},
 };
 use k8s_openapi::api::{
     apps::v1::Deployment,
@@ -680,6 +680,23 @@ async fn chart_runs_on_the_node_and_answers_through_the_load_balancer() {
         })
         .collect();
     assert_eq!(addresses, vec![LOAD_BALANCER_IP.to_string()]);
+
+    // Which replica answered, for an operator: the chart gives each its pod's name, in
+    // CHAOS TXT id.server (RFC 4892) and NSID.
+    let pod_names: Vec<String> = ready_pods(&pods, &selector)
+        .await
+        .into_iter()
+        .filter_map(|p| p.metadata.name)
+        .collect();
+    let mut id_server = dns::query("id.server.", RecordType::TXT, false, None);
+    id_server.queries[0].query_class = DNSClass::CH;
+    let reply = node::in_node(move || dns::udp(server, &id_server, Duration::from_secs(2)))
+        .expect("id.server CH TXT answered through the LoadBalancer");
+    let identity = dns::txt_strings(&reply);
+    assert!(
+        identity.len() == 1 && pod_names.contains(&identity[0]),
+        "id.server names a pod of {pod_names:?}: {identity:?}"
+    );
 
     issue_certificate(&admin, &namespace, &issued_label, &issued_domain, &pebble).await;
 
