@@ -61,10 +61,19 @@ set -e
 
 say "cargo test (unit tests, and integration tests against the control plane)"
 log=$(mktemp)
+# What tests measure (tests/common/mod.rs `report`), printed once they are done: cargo
+# shows a passing test's own output only when asked.
+KAD_TEST_REPORT=$(mktemp)
+export KAD_TEST_REPORT
 set +e
 cargo test --no-fail-fast "$@" 2>&1 | tee "$log"
 cargo_rc=${PIPESTATUS[0]}
 set -e
+if [[ -s $KAD_TEST_REPORT ]]; then
+  say "measured by the tests:"
+  sed 's/^/  /' "$KAD_TEST_REPORT"
+fi
+rm -f "$KAD_TEST_REPORT"
 # Sum cargo's per-binary "test result:" lines so the run ends with one total.
 read -r cp cf < <(awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i) ~ /^passed;?$/) p += $(i-1); if ($(i) ~ /^failed;?$/) f += $(i-1) } } END { print p+0, f+0 }' "$log")
 rm -f "$log"

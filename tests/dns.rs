@@ -356,7 +356,7 @@ async fn every_row_of_the_behaviour_table_over_udp_and_tcp() {
     );
 }
 
-/// DESIGN.md: "malformed packet: FORMERR or drop; never a panic". A packet with a
+/// The README's DNS behaviour: malformed is FORMERR or dropped, never a crash. A packet with a
 /// readable header gets FORMERR with its id; the two documented drop cases (shorter than
 /// a header, or itself a response) get no answer and are counted as dropped.
 async fn malformed_packets_get_formerr_or_the_documented_drop(serve: &common::Serve) {

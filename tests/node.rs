@@ -188,10 +188,10 @@ async fn issue_certificate(
     }
     let elapsed =
         cert_manager::wait_certificate_ready(namespace, "issued", Duration::from_secs(360)).await;
-    eprintln!(
+    common::report(&format!(
         "Certificate for {domain} and *.{domain} Ready through the chart's pods in {:.1} s",
         elapsed.as_secs_f64()
-    );
+    ));
     let chain = cert_manager::tls_chain(namespace, "issued-tls");
     certificate::assert_wildcard_issued_by(&chain, domain, pebble);
     common::eventually(
@@ -342,7 +342,7 @@ async fn rolling_upgrade(
     let result = tokio::task::spawn_blocking(move || stream.join().unwrap())
         .await
         .unwrap();
-    eprintln!(
+    common::report(&format!(
         "helm upgrade rolled {old:?} to {:?} in {:.1} s; queries meanwhile: {} sent, {} answered \
          ({} after a truncated UDP answer), {} unanswered, {} wrong",
         new.iter()
@@ -354,7 +354,7 @@ async fn rolling_upgrade(
         result.truncated,
         result.unanswered.len(),
         result.wrong.len()
-    );
+    ));
     assert!(
         result.unanswered.is_empty() && result.wrong.is_empty(),
         "during the rolling upgrade: {result:?}"
@@ -450,8 +450,8 @@ async fn uninstall(release: &Release, accounts: &Api<AcmeDnsAccount>) {
         None,
     );
     assert!(accounts.get_opt("user").await.unwrap().is_some());
-    eprintln!(
-        "helm uninstall left the CRD, the accounts and cert-manager's two Secrets, then none"
+    common::report(
+        "helm uninstall left the CRD, the accounts and cert-manager's two Secrets, then none",
     );
 }
 
@@ -540,10 +540,10 @@ async fn chart_runs_on_the_node_and_answers_through_the_load_balancer() {
         node::diagnose(&namespace)
     );
     load_balancer.await.unwrap();
-    eprintln!(
+    common::report(&format!(
         "helm install --wait: both replicas Ready in {:.1} s",
         started.elapsed().as_secs_f64()
-    );
+    ));
 
     // Both replicas Ready under the restricted profile.
     let deployments: Api<Deployment> = Api::namespaced(admin.clone(), &namespace);
@@ -772,13 +772,13 @@ async fn chart_runs_on_the_node_and_answers_through_the_load_balancer() {
                 .iter()
                 .all(|p| p.metadata.name.as_deref() != Some(&victim))
         {
-            eprintln!(
+            common::report(&format!(
                 "{queries} queries answered while {victim} was replaced and stopped ({:.1} s); \
                  {} held the Lease {:.1} s after the delete",
                 deleted.elapsed().as_secs_f64(),
                 took.1,
                 took.0.as_secs_f64()
-            );
+            ));
             break (ready, took);
         }
         assert!(

@@ -224,8 +224,8 @@ async fn at_sigterm_the_leader_hands_the_lease_to_the_other_replica_at_once() {
         (holder().await? == "second").then_some(())
     })
     .await;
-    eprintln!(
+    common::report(&format!(
         "the other replica held the Lease {:.1} s after SIGTERM",
         signalled.elapsed().as_secs_f64()
-    );
+    ));
 }

@@ -317,11 +317,11 @@ async fn concurrent_presents_on_one_account_all_land(f: &Fixture) {
     }
     assert_eq!(txt_values(&api, "concurrent").await, Vec::<String>::new());
     assert_eq!(served_txt(f, &fqdn), Vec::<String>::new());
-    eprintln!(
+    common::report(&format!(
         "{CONCURRENT} concurrent Presents on one account in {:.2} s, {CONCURRENT} CleanUps in {:.2} s",
         presented.as_secs_f64(),
         cleaned.as_secs_f64()
-    );
+    ));
 }
 
 async fn unknown_domain_fails_with_how_to_create_an_account(f: &Fixture) {

@@ -1,5 +1,5 @@
-//! Table tests of the pure answer function, one per row of the DNS behaviour table in
-//! DESIGN.md, with hickory-proto as an independent encoder and decoder.
+//! Table tests of the pure answer function, one per row of the DNS behaviour table in the
+//! README, with hickory-proto as an independent encoder and decoder.
 
 use std::str::FromStr;
 

@@ -63,6 +63,22 @@ pub async fn install_crd(client: &Client) {
     .expect("watching the CRD");
 }
 
+/// A measurement a user would want to see from a passing test: on stderr, and appended
+/// to the file `KAD_TEST_REPORT` names (`e2e/test.sh` prints it after the tests).
+pub fn report(line: &str) {
+    eprintln!("{line}");
+    if let Ok(path) = std::env::var("KAD_TEST_REPORT") {
+        use std::io::Write;
+        let test = std::thread::current()
+            .name()
+            .unwrap_or("a test")
+            .to_string();
+        if let Ok(mut file) = std::fs::OpenOptions::new().append(true).open(path) {
+            let _ = writeln!(file, "{test}: {line}");
+        }
+    }
+}
+
 /// A name unique to this test run, so tests can run in parallel and be re-run against
 /// the same control plane without cleaning up first.
 pub fn unique_name(prefix: &str) -> String {
