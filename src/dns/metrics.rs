@@ -43,9 +43,19 @@ fn transport_label(transport: Transport) -> &'static str {
     }
 }
 
+/// Why the responder closed a TCP connection early.
+#[derive(Clone, Copy, Debug)]
+pub enum TcpClosed {
+    /// The connection limit was reached: the one idle longest made room for a new one.
+    Evicted,
+    /// Its source already held its share of connections.
+    SourceLimit,
+}
+
 #[derive(Clone)]
 pub struct DnsMetrics {
     queries: IntCounterVec,
+    tcp_closed: IntCounterVec,
     dropped: IntCounterVec,
     truncated: IntCounterVec,
     rrl: IntCounterVec,
@@ -93,18 +103,37 @@ impl DnsMetrics {
             ]),
             &["transport"],
         )?;
+        let tcp_closed = IntCounterVec::new(
+            Opts::new(
+                "kube_acme_dns_tcp_connections_closed_total",
+                "TCP connections closed by the responder's limits: the one idle longest when \
+                 all were taken (evicted), or a new one from a source at its share (source_limit)",
+            ),
+            &["reason"],
+        )?;
         registry.register(Box::new(queries.clone()))?;
+        registry.register(Box::new(tcp_closed.clone()))?;
         registry.register(Box::new(dropped.clone()))?;
         registry.register(Box::new(truncated.clone()))?;
         registry.register(Box::new(rrl.clone()))?;
         registry.register(Box::new(latency.clone()))?;
         Ok(Self {
             queries,
+            tcp_closed,
             dropped,
             truncated,
             rrl,
             latency,
         })
+    }
+
+    /// Counts a TCP connection closed by a limit (rare: counted at once, not batched).
+    pub fn tcp_closed(&self, reason: TcpClosed) {
+        let reason = match reason {
+            TcpClosed::Evicted => "evicted",
+            TcpClosed::SourceLimit => "source_limit",
+        };
+        self.tcp_closed.with_label_values(&[reason]).inc();
     }
 
     /// Counters for one answering thread or task.

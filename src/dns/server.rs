@@ -34,6 +34,7 @@ use tracing::{debug, info, warn};
 use super::{
     Transport, Zone, answer,
     metrics::DnsMetrics,
+    metrics::TcpClosed,
     rrl::{RateLimiter, RrlConfig, Verdict},
 };
 use crate::index::AccountIndex;
@@ -44,6 +45,24 @@ const TCP_IDLE: Duration = Duration::from_secs(10);
 /// TCP connections served at once. A new one beyond this closes the connection that has
 /// waited longest for its client (RFC 7766 §6.2.3), so idle clients cannot lock others out.
 const TCP_MAX_CONNECTIONS: usize = 1024;
+/// TCP connections one source (an IPv4 address, an IPv6 /64) may hold at once: room for
+/// a resolver farm behind one address, while one host cannot take more than a sixteenth
+/// of the connections.
+const TCP_MAX_PER_SOURCE: usize = 64;
+
+/// The TCP limits (constants in production, small in tests).
+#[derive(Clone, Copy, Debug)]
+struct TcpSettings {
+    max_connections: usize,
+    max_per_source: usize,
+    idle: Duration,
+}
+
+const TCP_SETTINGS: TcpSettings = TcpSettings {
+    max_connections: TCP_MAX_CONNECTIONS,
+    max_per_source: TCP_MAX_PER_SOURCE,
+    idle: TCP_IDLE,
+};
 
 /// Sockets bound for the responder: `local_addr` is the real address even when the
 /// configured port was 0.
@@ -505,15 +524,7 @@ async fn serve_tcp(
     index: Arc<AccountIndex>,
     metrics: DnsMetrics,
 ) {
-    serve_tcp_with(
-        listeners,
-        zone,
-        index,
-        metrics,
-        TCP_MAX_CONNECTIONS,
-        TCP_IDLE,
-    )
-    .await
+    serve_tcp_with(listeners, zone, index, metrics, TCP_SETTINGS).await
 }
 
 /// Serves TCP on every listener (IPv4 and IPv6) until dropped, all of them under one
@@ -523,13 +534,16 @@ async fn serve_tcp_with(
     zone: Arc<Zone>,
     index: Arc<AccountIndex>,
     metrics: DnsMetrics,
-    max_connections: usize,
-    idle: Duration,
+    settings: TcpSettings,
 ) {
     let limits = TcpLimits {
-        slots: Arc::new(Semaphore::new(max_connections)),
+        slots: Arc::new(Semaphore::new(settings.max_connections)),
         waiting: Arc::new(Waiting::default()),
-        idle,
+        sources: Arc::new(Sources {
+            max: settings.max_per_source,
+            held: Mutex::default(),
+        }),
+        idle: settings.idle,
     };
     let accepting = listeners
         .iter()
@@ -542,7 +556,63 @@ async fn serve_tcp_with(
 struct TcpLimits {
     slots: Arc<Semaphore>,
     waiting: Arc<Waiting>,
+    sources: Arc<Sources>,
     idle: Duration,
+}
+
+/// Connections held per source; a source appears only while it holds one.
+struct Sources {
+    max: usize,
+    held: Mutex<std::collections::HashMap<IpAddr, usize>>,
+}
+
+impl Sources {
+    /// An IPv4 address, or the /64 of an IPv6 one (one host's usual share).
+    fn key(peer: IpAddr) -> IpAddr {
+        match peer {
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => IpAddr::V4(v4),
+                None => {
+                    let bits = u128::from(v6) & !((1u128 << 64) - 1);
+                    IpAddr::V6(bits.into())
+                }
+            },
+            v4 => v4,
+        }
+    }
+
+    /// Counts a new connection from `peer`; None when it already holds the most.
+    fn admit(self: &Arc<Self>, peer: IpAddr) -> Option<SourceGuard> {
+        let key = Self::key(peer);
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        let count = held.entry(key).or_insert(0);
+        if *count >= self.max {
+            return None;
+        }
+        *count += 1;
+        Some(SourceGuard {
+            sources: self.clone(),
+            key,
+        })
+    }
+}
+
+/// A connection's place in its source's count, given back when dropped.
+struct SourceGuard {
+    sources: Arc<Sources>,
+    key: IpAddr,
+}
+
+impl Drop for SourceGuard {
+    fn drop(&mut self) {
+        let mut held = self.sources.held.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = held.get_mut(&self.key) {
+            *count -= 1;
+            if *count == 0 {
+                held.remove(&self.key);
+            }
+        }
+    }
 }
 
 async fn accept_tcp(
@@ -555,6 +625,7 @@ async fn accept_tcp(
     let TcpLimits {
         slots,
         waiting,
+        sources,
         idle,
     } = limits;
     let idle = *idle;
@@ -567,6 +638,13 @@ async fn accept_tcp(
                 continue;
             }
         };
+        let Some(source) = sources.admit(peer.ip()) else {
+            // Closed at once: this source holds its share already.
+            debug!(%peer, "TCP connections from this source at its limit; closed the new one");
+            metrics.tcp_closed(TcpClosed::SourceLimit);
+            drop(stream);
+            continue;
+        };
         let permit = match slots.clone().try_acquire_owned() {
             Ok(permit) => permit,
             Err(_) => {
@@ -574,6 +652,7 @@ async fn accept_tcp(
                 // If every connection is mid-answer, wait for one to finish.
                 if waiting.close_oldest() {
                     debug!(%peer, "TCP connections at the limit; closed the one idle longest");
+                    metrics.tcp_closed(TcpClosed::Evicted);
                 }
                 let Ok(permit) = slots.clone().acquire_owned().await else {
                     return;
@@ -599,6 +678,7 @@ async fn accept_tcp(
                 debug!(%peer, error = %e, "DNS TCP connection ended");
             }
             drop(permit);
+            drop(source);
         });
     }
 }
@@ -714,20 +794,94 @@ mod tests {
 
     /// A TCP responder for `auth.example.test` on loopback with `max` connections.
     async fn responder(max: usize, idle: Duration) -> SocketAddr {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
+        let settings = TcpSettings {
+            max_connections: max,
+            // Every test connection comes from 127.0.0.1: only the total limit here.
+            max_per_source: usize::MAX,
+            idle,
+        };
+        responder_with(settings, &Registry::new()).await
+    }
+
+    async fn responder_with(settings: TcpSettings, registry: &Registry) -> SocketAddr {
+        let listener = TcpListener::bind("0.0.0.0:0").await.unwrap();
+        let addr = SocketAddr::new(
+            Ipv4Addr::LOCALHOST.into(),
+            listener.local_addr().unwrap().port(),
+        );
         let zone = Arc::new(Zone::new(&ZoneConfig::new("auth.example.test")).unwrap());
-        let metrics = DnsMetrics::new(&Registry::new()).unwrap();
+        let metrics = DnsMetrics::new(registry).unwrap();
         let index = Arc::new(AccountIndex::new(1));
         tokio::spawn(serve_tcp_with(
             vec![listener],
             zone,
             index,
             metrics,
-            max,
-            idle,
+            settings,
         ));
         addr
+    }
+
+    /// A TCP connection to `server` from the loopback address `from`.
+    async fn connect_from(from: &str, server: SocketAddr) -> TcpStream {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(format!("{from}:0").parse().unwrap()).unwrap();
+        socket.connect(server).await.unwrap()
+    }
+
+    fn counted(registry: &Registry, reason: &str) -> u64 {
+        registry
+            .gather()
+            .iter()
+            .filter(|f| f.name() == "kube_acme_dns_tcp_connections_closed_total")
+            .flat_map(|f| f.get_metric())
+            .filter(|m| m.get_label().iter().any(|l| l.value() == reason))
+            .map(|m| m.get_counter().get_value() as u64)
+            .sum()
+    }
+
+    #[tokio::test]
+    async fn one_source_holds_at_most_its_share_of_connections() {
+        let registry = Registry::new();
+        let settings = TcpSettings {
+            max_connections: 16,
+            max_per_source: 2,
+            idle: Duration::from_secs(60),
+        };
+        let addr = responder_with(settings, &registry).await;
+        let mut held = vec![
+            connect_from("127.0.0.1", addr).await,
+            connect_from("127.0.0.1", addr).await,
+        ];
+        // Both are served.
+        held[0].write_all(&framed_query(1)).await.unwrap();
+        assert_eq!(answer_id(&mut held[0]).await.unwrap(), 1);
+        // A third from the same address is closed at once.
+        let mut third = connect_from("127.0.0.1", addr).await;
+        assert!(closed(&mut third).await, "over the source's share");
+        assert_eq!(counted(&registry, "source_limit"), 1);
+        // Another address is served, and so are the first two still.
+        let mut other = connect_from("127.0.0.2", addr).await;
+        other.write_all(&framed_query(2)).await.unwrap();
+        assert_eq!(answer_id(&mut other).await.unwrap(), 2);
+        held[1].write_all(&framed_query(3)).await.unwrap();
+        assert_eq!(answer_id(&mut held[1]).await.unwrap(), 3);
+        // Once one closes, the source may connect again.
+        drop(held.pop());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let mut again = connect_from("127.0.0.1", addr).await;
+        again.write_all(&framed_query(4)).await.unwrap();
+        assert_eq!(answer_id(&mut again).await.unwrap(), 4);
+    }
+
+    #[test]
+    fn sources_are_ipv4_addresses_and_ipv6_slash_64s() {
+        let key = |s: &str| Sources::key(s.parse().unwrap());
+        assert_eq!(key("192.0.2.7"), key("192.0.2.7"));
+        assert_ne!(key("192.0.2.7"), key("192.0.2.8"));
+        assert_eq!(key("2001:db8:1:2::1"), key("2001:db8:1:2:ffff::9"));
+        assert_ne!(key("2001:db8:1:2::1"), key("2001:db8:1:3::1"));
+        assert_eq!(key("::ffff:192.0.2.7"), key("192.0.2.7"));
     }
 
     /// The apex SOA query, with an OPT record.
