@@ -39,6 +39,12 @@ pub use self::tls::{ServingCert, TlsConfig, TlsError};
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// An HTTP/1 client that has not sent its headers by then is dropped (slow loris).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most bytes of request head an HTTP/1 connection buffers; a larger head gets a 431.
+/// Our callers send a few hundred bytes of headers (the aggregator's a few KiB).
+const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// Most header bytes of one HTTP/2 request, and streams one connection may open at once.
+const MAX_H2_HEADER_LIST: u32 = 64 * 1024;
+const MAX_H2_STREAMS: u32 = 128;
 
 #[derive(Clone, Debug)]
 pub struct Limits {
@@ -49,6 +55,10 @@ pub struct Limits {
     /// At shutdown, how long requests in flight may take to finish before the server
     /// returns anyway. Below Kubernetes' default 30 s termination grace period.
     pub drain_timeout: Duration,
+    /// Connections served at once; a new one beyond this is closed at once, so a flood
+    /// of idle connections costs a file descriptor each only briefly and never the
+    /// process its memory.
+    pub max_connections: usize,
 }
 
 impl Default for Limits {
@@ -57,6 +67,8 @@ impl Default for Limits {
             max_body: 64 * 1024,
             request_timeout: Duration::from_secs(30),
             drain_timeout: Duration::from_secs(20),
+            // cert-manager, the aggregator and acme-dns clients keep a handful each.
+            max_connections: 1024,
         }
     }
 }
@@ -136,6 +148,8 @@ async fn accept_loop<H, F, IO>(
     let router = with_limits(router, &limits);
     let handshake = Arc::new(handshake);
     let connections = TaskTracker::new();
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let mut last_warned = None;
     loop {
         let (stream, addr) = tokio::select! {
             () = shutdown.cancelled() => break,
@@ -149,10 +163,22 @@ async fn accept_loop<H, F, IO>(
                 }
             },
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            // Once a minute at most: a flood must not become a flood of logs.
+            if last_warned
+                .is_none_or(|at: std::time::Instant| at.elapsed() > Duration::from_secs(60))
+            {
+                warn!(%addr, limit = limits.max_connections, "HTTP connections at the limit; closing new ones until some end");
+                last_warned = Some(std::time::Instant::now());
+            }
+            drop(stream);
+            continue;
+        };
         let handshake = handshake.clone();
         let router = router.clone();
         let shutdown = shutdown.clone();
         connections.spawn(async move {
+            let _slot = slot;
             let established = tokio::select! {
                 () = shutdown.cancelled() => return,
                 established = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(stream)) => established,
@@ -192,7 +218,13 @@ where
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(MAX_HEAD_BYTES);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(MAX_H2_HEADER_LIST)
+        .max_concurrent_streams(MAX_H2_STREAMS);
     let connection = builder.serve_connection(TokioIo::new(io), TowerToHyperService::new(service));
     tokio::pin!(connection);
     let result = tokio::select! {

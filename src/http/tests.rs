@@ -258,3 +258,64 @@ async fn requests_over_the_time_limit_get_503() {
     assert!(response.starts_with("HTTP/1.1 503"), "{response}");
     shutdown.cancel();
 }
+
+/// One raw HTTP/1.1 request with an extra header of `pad` bytes; the response's first line.
+async fn status_line_with_header(addr: std::net::SocketAddr, pad: usize) -> String {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "GET / HTTP/1.1\r\nhost: test\r\nconnection: close\r\nx-pad: {}\r\n\r\n",
+        "a".repeat(pad)
+    );
+    // The server may answer and close before reading all of a large head.
+    let _ = stream.write_all(head.as_bytes()).await;
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response).await;
+    String::from_utf8_lossy(&response)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[tokio::test]
+async fn request_heads_over_the_limit_get_431() {
+    let router = Router::new().route("/", get(|| async { "ok" }));
+    let (addr, shutdown, _) = start_plain(router, Limits::default()).await;
+    assert!(
+        status_line_with_header(addr, 1000)
+            .await
+            .starts_with("HTTP/1.1 200")
+    );
+    let status = status_line_with_header(addr, 200 * 1024).await;
+    assert!(status.starts_with("HTTP/1.1 431"), "{status:?}");
+    shutdown.cancel();
+}
+
+#[tokio::test]
+async fn connections_over_the_limit_are_closed_and_the_others_served() {
+    let router = Router::new().route("/", get(|| async { "ok" }));
+    let limits = Limits {
+        max_connections: 2,
+        ..Limits::default()
+    };
+    let (addr, shutdown, _) = start_plain(router, limits).await;
+    // Two idle connections take both slots.
+    let idle = [
+        TcpStream::connect(addr).await.unwrap(),
+        TcpStream::connect(addr).await.unwrap(),
+    ];
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut third = TcpStream::connect(addr).await.unwrap();
+    let _ = third
+        .write_all(b"GET / HTTP/1.1\r\nhost: test\r\nconnection: close\r\n\r\n")
+        .await;
+    let mut response = Vec::new();
+    let _ = third.read_to_end(&mut response).await;
+    assert!(response.is_empty(), "closed unanswered: {response:?}");
+    // Once one goes, a new connection is served.
+    drop(idle);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let response = request(addr, "GET /", b"").await;
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    shutdown.cancel();
+}
