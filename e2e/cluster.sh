@@ -11,6 +11,8 @@
 #   e2e/cluster.sh down     stop exactly what `up` started and remove the state dir
 #   e2e/cluster.sh env      print shell exports: eval "$(e2e/cluster.sh env)"
 #   e2e/cluster.sh status   say whether it is up (exit 0 if up, 1 if not)
+#   e2e/cluster.sh stop-apiserver / start-apiserver
+#                           stop the API server alone, and start it again (fault tests)
 #
 # State (certs, logs, etcd data, kubeconfig, pids) lives in ${KAD_CLUSTER_DIR:-e2e/.state}.
 set -euo pipefail
@@ -243,35 +245,38 @@ EOF
   # turns it off the same way. e2e/node.sh gives the `kubernetes` Service its endpoint.
   # --kubelet-preferred-address-types=InternalIP: otherwise `kubectl logs` makes the API
   # server resolve the node's hostname through the machine's resolver.
-  start_proc kube-apiserver "$apiserver" \
-    --bind-address=127.0.0.1 \
-    --advertise-address=127.0.0.1 \
-    --endpoint-reconciler-type=none \
-    --secure-port="$api_port" \
-    --etcd-servers="http://127.0.0.1:$etcd_port" \
-    --cert-dir="$STATE/apiserver-certs" \
-    --tls-cert-file="$PKI/apiserver.crt" \
-    --tls-private-key-file="$PKI/apiserver.key" \
-    --client-ca-file="$PKI/ca.crt" \
-    --authorization-mode=Node,RBAC \
-    --service-cluster-ip-range="$KAD_SERVICE_CIDR" \
-    --allow-privileged=true \
-    --egress-selector-config-file="$STATE/egress-selector.yaml" \
-    --kubelet-preferred-address-types=InternalIP \
-    --kubelet-client-certificate="$PKI/apiserver-kubelet-client.crt" \
-    --kubelet-client-key="$PKI/apiserver-kubelet-client.key" \
-    --service-account-issuer="https://127.0.0.1:$api_port" \
-    --service-account-key-file="$PKI/sa.pub" \
-    --service-account-signing-key-file="$PKI/sa.key" \
-    --requestheader-client-ca-file="$PKI/front-proxy-ca.crt" \
-    --requestheader-allowed-names=front-proxy-client \
-    --requestheader-username-headers=X-Remote-User \
-    --requestheader-group-headers=X-Remote-Group \
-    --requestheader-extra-headers-prefix=X-Remote-Extra- \
-    --proxy-client-cert-file="$PKI/front-proxy-client.crt" \
-    --proxy-client-key-file="$PKI/front-proxy-client.key" \
-    --enable-aggregator-routing=false \
-    --profiling=false
+  local apiserver_args=("$apiserver"
+    --bind-address=127.0.0.1
+    --advertise-address=127.0.0.1
+    --endpoint-reconciler-type=none
+    --secure-port="$api_port"
+    --etcd-servers="http://127.0.0.1:$etcd_port"
+    --cert-dir="$STATE/apiserver-certs"
+    --tls-cert-file="$PKI/apiserver.crt"
+    --tls-private-key-file="$PKI/apiserver.key"
+    --client-ca-file="$PKI/ca.crt"
+    "--authorization-mode=Node,RBAC"
+    --service-cluster-ip-range="$KAD_SERVICE_CIDR"
+    --allow-privileged=true
+    --egress-selector-config-file="$STATE/egress-selector.yaml"
+    --kubelet-preferred-address-types=InternalIP
+    --kubelet-client-certificate="$PKI/apiserver-kubelet-client.crt"
+    --kubelet-client-key="$PKI/apiserver-kubelet-client.key"
+    --service-account-issuer="https://127.0.0.1:$api_port"
+    --service-account-key-file="$PKI/sa.pub"
+    --service-account-signing-key-file="$PKI/sa.key"
+    --requestheader-client-ca-file="$PKI/front-proxy-ca.crt"
+    --requestheader-allowed-names=front-proxy-client
+    --requestheader-username-headers=X-Remote-User
+    --requestheader-group-headers=X-Remote-Group
+    --requestheader-extra-headers-prefix=X-Remote-Extra-
+    --proxy-client-cert-file="$PKI/front-proxy-client.crt"
+    --proxy-client-key-file="$PKI/front-proxy-client.key"
+    --enable-aggregator-routing=false
+    --profiling=false)
+  # Kept, so `start-apiserver` can start it again the same way.
+  printf '%s\0' "${apiserver_args[@]}" >"$STATE/kube-apiserver.args"
+  start_proc kube-apiserver "${apiserver_args[@]}"
 
   write_kubeconfig
   env_lines >"$STATE/env"
@@ -342,6 +347,26 @@ cmd_down() {
   say "down"
 }
 
+# Fault tests: stop the API server alone (etcd and the node keep running), and start it
+# again as `up` did, waiting until it is ready.
+cmd_stop_apiserver() {
+  [[ -f $MARKER ]] || die "not up; run '$0 up' first"
+  stop_proc kube-apiserver
+}
+
+cmd_start_apiserver() {
+  [[ -f $STATE/kube-apiserver.args ]] || die "not up; run '$0 up' first"
+  local args=() deadline=$((SECONDS + READY_TIMEOUT))
+  mapfile -d '' args <"$STATE/kube-apiserver.args"
+  start_proc kube-apiserver "${args[@]}"
+  until readyz; do
+    live_pid kube-apiserver >/dev/null || die "kube-apiserver exited; see $STATE/kube-apiserver.log"
+    ((SECONDS < deadline)) || die "kube-apiserver not ready after ${READY_TIMEOUT} s"
+    sleep 0.5
+  done
+  say "kube-apiserver ready again at $(api_url)"
+}
+
 cmd_env() {
   [[ -f $STATE/kubeconfig ]] || die "not up; run '$0 up' first"
   env_lines
@@ -364,5 +389,7 @@ case ${1:-} in
   down) cmd_down ;;
   env) cmd_env ;;
   status) cmd_status ;;
-  *) echo "usage: $0 up|down|env|status" >&2; exit 2 ;;
+  stop-apiserver) cmd_stop_apiserver ;;
+  start-apiserver) cmd_start_apiserver ;;
+  *) echo "usage: $0 up|down|env|status|stop-apiserver|start-apiserver" >&2; exit 2 ;;
 esac

@@ -10,7 +10,7 @@
 //! fatal: when the API server goes away, the index keeps the last state seen and DNS
 //! keeps answering from it.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use futures::{Stream, StreamExt};
 use kube::{
@@ -18,6 +18,7 @@ use kube::{
     runtime::{
         WatchStreamExt,
         reflector::{self, ObjectRef, Store},
+        utils::Backoff,
         watcher,
     },
 };
@@ -31,6 +32,42 @@ use crate::{
 
 /// Changed accounts queued for a slow controller before it is told to re-read them all.
 const CHANGES_BUFFERED: usize = 1024;
+
+/// Waits between attempts at the watch after an error: 0.5 s doubling to at most 5 s,
+/// with jitter, and back to 0.5 s after anything succeeds. kube's default backoff grows
+/// to 30 s and stays there for two minutes after the API server is back, so after an
+/// outage (or an `Expired` watch, which needs a new list at once) new TXT values would be
+/// answered up to a minute late; a list every 5 s while the API server is away is cheap.
+struct WatchBackoff {
+    next: Duration,
+}
+
+impl WatchBackoff {
+    const FIRST: Duration = Duration::from_millis(500);
+    const MOST: Duration = Duration::from_secs(5);
+
+    fn new() -> Self {
+        Self { next: Self::FIRST }
+    }
+}
+
+impl Iterator for WatchBackoff {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        let wait = self.next;
+        self.next = (wait * 2).min(Self::MOST);
+        // Up to a quarter more, so replicas do not all ask at the same instant.
+        let jitter = u32::from(uuid::Uuid::new_v4().as_bytes()[0]);
+        Some(wait + wait * jitter / 1024)
+    }
+}
+
+impl Backoff for WatchBackoff {
+    fn reset(&mut self) {
+        self.next = Self::FIRST;
+    }
+}
 
 /// What the controller reads: every account as last seen, and each change as it comes.
 #[derive(Clone)]
@@ -84,7 +121,7 @@ pub fn watch(
     // server's cache that may lag behind the one the watch used before.
     let config = watcher::Config::default().list_semantic(watcher::ListSemantic::MostRecent);
     let events = watcher(accounts, config)
-        .default_backoff()
+        .backoff(WatchBackoff::new())
         // Nobody reads the field managers; dropping them saves most of each object.
         .modify(|account| account.meta_mut().managed_fields = None);
     let run = feed(events, writer, store, changes, index, on_synced);
@@ -139,5 +176,29 @@ async fn feed(
                 relist = Vec::new();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_watch_retries_within_seconds_and_starts_over_after_a_success() {
+        let mut backoff = WatchBackoff::new();
+        let waits: Vec<Duration> = (&mut backoff).take(10).collect();
+        assert!(waits[0] >= WatchBackoff::FIRST && waits[0] < Duration::from_millis(700));
+        assert!(
+            waits.windows(2).all(|w| w[1] + w[1] / 4 >= w[0]),
+            "{waits:?}"
+        );
+        assert!(
+            waits
+                .iter()
+                .all(|w| *w <= WatchBackoff::MOST + WatchBackoff::MOST / 4),
+            "never more than about 5 s: {waits:?}"
+        );
+        backoff.reset();
+        assert!(backoff.next().unwrap() < Duration::from_millis(700));
     }
 }
