@@ -235,16 +235,33 @@ pub async fn client_from(kubeconfig: &std::path::Path) -> Client {
 
 /// `n` distinct ports, each free on 127.0.0.1 for both UDP and TCP at the time of
 /// asking. Every fixture picks its ports here.
+///
+/// They come from below the kernel's ephemeral range (32768–60999 by default), from which
+/// outgoing connections take their local ports: a port picked there and released could
+/// be taken by some client's connection before the server binds it.
 pub fn free_ports(n: usize) -> Vec<u16> {
-    // Held until all are picked, so the kernel hands out distinct ones.
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    // Each test process starts somewhere else in the span.
+    let offset = std::process::id().wrapping_mul(7919);
+    // Held until all are picked.
     let mut held = Vec::new();
-    while held.len() < n {
-        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let port = udp.local_addr().unwrap().port();
+    for _ in 0..SPAN {
+        if held.len() == n {
+            break;
+        }
+        let port =
+            (FIRST + offset.wrapping_add(NEXT.fetch_add(1, Ordering::Relaxed)) % SPAN) as u16;
+        let Ok(udp) = std::net::UdpSocket::bind(("127.0.0.1", port)) else {
+            continue;
+        };
         if let Ok(tcp) = std::net::TcpListener::bind(("127.0.0.1", port)) {
             held.push((port, udp, tcp));
         }
     }
+    assert_eq!(held.len(), n, "no {n} free ports on 127.0.0.1 from {FIRST}");
     held.into_iter().map(|(port, _, _)| port).collect()
 }
 
