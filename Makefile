@@ -5,7 +5,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: run test e2e e2e-kind lint build generate deps tools image cluster-up cluster-down cluster-env aggregation-check bench bench-dns bench-api
+.PHONY: run test e2e e2e-kind lint build generate deps tools image cluster-up cluster-down cluster-env aggregation-check bench bench-dns bench-api fuzz
 
 ## run: start a local control plane, install the CRD and a sample account, run `serve`
 run: deps tools
@@ -76,3 +76,8 @@ bench-dns:
 ## bench-api: /update throughput and latency, and update→answer on two replicas (bcrypt cost 10)
 bench-api: deps tools
 	@bench/api.sh
+
+## fuzz: cargo-fuzz (nightly, libFuzzer): the DNS answer path for 10^7 executions, the
+## webhook, acme-dns API and CRD value parsers for 5 min each; results in bench/results/
+fuzz:
+	@e2e/fuzz.sh
