@@ -73,7 +73,8 @@ bench: bench-dns bench-api
 bench-dns:
 	@bench/dns.sh
 
-## bench-api: /update throughput and latency, and update→answer on two replicas (bcrypt cost 10)
+## bench-api: /update throughput and latency, update→answer on two replicas (bcrypt cost 10),
+## and DNS latency during a storm of bad API credentials
 bench-api: deps tools
 	@bench/api.sh
 
