@@ -16,6 +16,8 @@
 #                          sending bad credentials, DNS queries per second measured
 #   BENCH_BCRYPT_COST=10
 #   BENCH_RESULTS=path     results file (default bench/results/api-<date>.md)
+#   BENCH_BIN=path         the server binary measured (default: this checkout's release
+#                          build), e.g. to compare two builds on the same machine
 #   CARGO=cargo
 set -euo pipefail
 
@@ -45,7 +47,7 @@ mkdir -p "$WORK" "$(dirname "$RESULTS")"
 
 say "building the release binary and the load generator (the first time takes several minutes)"
 "$CARGO" build --release --quiet --bin kube-acme-dns --example bench_api
-BIN=$ROOT/target/release/kube-acme-dns
+BIN=${BENCH_BIN:-$ROOT/target/release/kube-acme-dns}
 LOAD=$ROOT/target/release/examples/bench_api
 
 started_cluster=false
@@ -84,6 +86,7 @@ replica() { # N DNS API METRICS
     --nameserver-address 127.0.0.1 --delegation-resolver 127.0.0.1:9 \
     --dns-addr "127.0.0.1:$2" --api-addr "127.0.0.1:$3" --metrics-addr "127.0.0.1:$4" \
     --api-namespace "$NAMESPACE" --api-bcrypt-cost "$COST" --api-register-burst 0 \
+    --rrl-rate 0 \
     </dev/null >"$WORK/replica-$1.log" 2>&1 &
   pids+=($!)
 }
@@ -130,9 +133,10 @@ os_name=$(. /etc/os-release && echo "$PRETTY_NAME")
   echo
   echo "## Settings"
   echo
-  echo "- Two replicas of \`target/release/kube-acme-dns serve --roles dns,controller,api\`, bcrypt cost $COST,"
+  echo "- Two replicas of \`${BENCH_BIN:-target/release/kube-acme-dns} serve --roles dns,controller,api\`, bcrypt cost $COST,"
   echo "  bcrypt concurrency one per CPU (the default), against the local control plane (etcd + kube-apiserver)"
-  echo "  on the same machine; everything on 127.0.0.1."
+  echo "  on the same machine; everything on 127.0.0.1. Response rate limiting is off (\`--rrl-rate 0\`): every"
+  echo "  query comes from one address, far faster than one network asks a real server."
   echo "- $ACCOUNTS accounts registered through replica 1; every replica must accept an update for every account"
   echo "  before the clock starts. Then $CLIENTS clients, each on keep-alive connections, send \`/update\` for $SECONDS_ s,"
   echo "  to the two replicas in turn, no two clients on the same account at once. After each accepted update,"
