@@ -5,7 +5,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: run test e2e e2e-kind lint build generate deps tools image cluster-up cluster-down cluster-env aggregation-check bench bench-dns bench-api fuzz
+.PHONY: run test e2e e2e-kind lint build generate deps tools image cluster-up cluster-down cluster-env aggregation-check bench bench-dns bench-api fuzz soak
 
 ## run: start a local control plane, install the CRD and a sample account, run `serve`
 run: deps tools
@@ -73,9 +73,15 @@ bench: bench-dns bench-api
 bench-dns:
 	@bench/dns.sh
 
-## bench-api: /update throughput and latency, and update→answer on two replicas (bcrypt cost 10)
+## bench-api: /update throughput and latency, update→answer on two replicas (bcrypt cost 10),
+## and DNS latency during a storm of bad API credentials
 bench-api: deps tools
 	@bench/api.sh
+
+## soak: two replicas under DNS load, Present/CleanUp cycles and account churn for up to
+## 30 minutes (SOAK_MINUTES); memory, descriptors, threads and tasks over time, lost updates
+soak: deps tools
+	@e2e/soak.sh
 
 ## fuzz: cargo-fuzz (nightly, libFuzzer): the DNS answer path for 10^7 executions, the
 ## webhook, acme-dns API and CRD value parsers for 5 min each; results in bench/results/

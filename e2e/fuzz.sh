@@ -16,6 +16,9 @@
 #   FUZZ_SECONDS=300         length of each other target's full run
 #   FUZZ_SMOKE_SECONDS=5     length of each target's smoke run
 #   FUZZ_RESULTS=path        results file (default bench/results/fuzz-<date>.md)
+#   FUZZ_TARGET_DIR=path     where the instrumented builds go (default
+#                            ${XDG_CACHE_HOME:-$HOME/.cache}/kube-acme-dns/fuzz-target, kept
+#                            between runs and checkouts: the first build takes many minutes)
 #
 # The corpora libFuzzer grows are kept in fuzz/corpus/<target> (not committed) and reused
 # by the next run; the committed seeds are in fuzz/seeds/<target>. A crash fails the run
@@ -42,6 +45,7 @@ SECONDS_EACH=${FUZZ_SECONDS:-300}
 SMOKE_SECONDS=${FUZZ_SMOKE_SECONDS:-5}
 DATE=$(date -u +%F)
 RESULTS=${FUZZ_RESULTS:-$ROOT/bench/results/fuzz-$DATE.md}
+TARGET_DIR=${FUZZ_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/kube-acme-dns/fuzz-target}
 
 cd "$ROOT"
 
@@ -54,9 +58,9 @@ if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
   cargo +nightly install cargo-fuzz --locked
 fi
 
-with_progress "fuzz targets" cargo +nightly fuzz build
+with_progress "fuzz targets" cargo +nightly fuzz build --target-dir "$TARGET_DIR"
 
-LOGS=$ROOT/fuzz/target/logs
+LOGS=$TARGET_DIR/logs
 mkdir -p "$LOGS"
 declare -A EXECS COV SECS STATUS
 failed=()
@@ -68,7 +72,7 @@ run_target() {
   local log=$LOGS/$target.log start=$SECONDS rc=0
   mkdir -p "fuzz/corpus/$target"
   say "$target: $*"
-  cargo +nightly fuzz run "$target" "fuzz/corpus/$target" "fuzz/seeds/$target" -- \
+  cargo +nightly fuzz run --target-dir "$TARGET_DIR" "$target" "fuzz/corpus/$target" "fuzz/seeds/$target" -- \
     -print_final_stats=1 "$@" >"$log" 2>&1 || rc=$?
   SECS[$target]=$((SECONDS - start))
   EXECS[$target]=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -n1)

@@ -33,6 +33,12 @@ if ! cargo fmt --check || ! cargo clippy --quiet --all-targets -- -D warnings; t
   exit 1
 fi
 
+say "fuzz targets: build them (nightly, libFuzzer; the first build takes many minutes) and run each for a few seconds"
+set +e
+e2e/fuzz.sh --smoke
+record $?
+set -e
+
 say "building cert-manager's controllers, Pebble, cert-manager's conformance suite and lego (Go; first time only, a few minutes)"
 e2e/cert-manager/build.sh
 e2e/pebble.sh build

@@ -8,11 +8,18 @@
 //! Prints a Markdown table: `/update` throughput and latency, and the time from sending
 //! an update until each replica answers the value (the replica that took it, and the
 //! other one).
+//!
+//! Then a second table: DNS latency on the first replica, from one client querying at a
+//! fixed pace, while the API is quiet and then during a storm of `/update`s with bad
+//! credentials (known users with wrong keys, and unknown users) sent to that replica.
 
 use std::{
     net::SocketAddr,
     str::FromStr,
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -47,6 +54,16 @@ struct Args {
     /// Seconds of measured load.
     #[arg(long, default_value_t = 30)]
     seconds: u64,
+    /// Seconds of each phase of the bad-credential storm measurement (quiet, then
+    /// storm); 0 skips it.
+    #[arg(long, default_value_t = 20)]
+    storm_seconds: u64,
+    /// Clients sending bad credentials at once during the storm.
+    #[arg(long, default_value_t = 32)]
+    storm_clients: usize,
+    /// DNS queries per second during the storm measurement, one at a time.
+    #[arg(long, default_value_t = 500)]
+    probe_rate: u32,
 }
 
 struct Account {
@@ -402,5 +419,174 @@ async fn main() -> anyhow::Result<()> {
             samples.errors.len()
         );
     }
+    if args.storm_seconds > 0 {
+        storm(&args, &accounts, &zone).await?;
+    }
     Ok(())
+}
+
+/// What one client querying at a fixed pace saw.
+struct Probe {
+    latencies: Vec<Duration>,
+    /// Queries with no answer within a second.
+    unanswered: usize,
+}
+
+/// Queries `server` for the accounts' TXT names in turn, `rate` per second for `seconds`,
+/// one at a time on a thread of its own (blocking socket, so the client's scheduling is
+/// the kernel's, not a runtime's).
+fn probe(server: SocketAddr, queries: Vec<Vec<u8>>, rate: u32, seconds: u64) -> Probe {
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("a UDP socket");
+    socket.connect(server).expect("connect the probe");
+    socket
+        .set_read_timeout(Some(Duration::from_secs(1)))
+        .expect("a read timeout");
+    let pace = Duration::from_secs_f64(1.0 / f64::from(rate.max(1)));
+    let start = Instant::now();
+    let end = start + Duration::from_secs(seconds);
+    let mut result = Probe {
+        latencies: Vec::new(),
+        unanswered: 0,
+    };
+    let mut reply = [0u8; 4096];
+    let mut next = start;
+    let mut n: usize = 0;
+    while Instant::now() < end {
+        let mut query = queries[n % queries.len()].clone();
+        let id = (n as u16).to_be_bytes();
+        query[..2].copy_from_slice(&id);
+        n += 1;
+        let sent = Instant::now();
+        if socket.send(&query).is_err() {
+            result.unanswered += 1;
+            continue;
+        }
+        loop {
+            match socket.recv(&mut reply) {
+                // A late answer to an earlier query is skipped.
+                Ok(len) if len >= 2 && reply[..2] != id => continue,
+                Ok(_) => {
+                    result.latencies.push(sent.elapsed());
+                    break;
+                }
+                Err(_) => {
+                    result.unanswered += 1;
+                    break;
+                }
+            }
+        }
+        next += pace;
+        let now = Instant::now();
+        if next > now {
+            std::thread::sleep(next - now);
+        } else {
+            next = now;
+        }
+    }
+    result
+}
+
+/// DNS latency on the first replica while the API is quiet, then while clients send it
+/// `/update`s with bad credentials as fast as it answers them.
+async fn storm(args: &Args, accounts: &[Account], zone: &str) -> anyhow::Result<()> {
+    let queries: Vec<Vec<u8>> = accounts
+        .iter()
+        .map(|a| {
+            let mut query = Message::query();
+            query.add_query(Query::query(
+                Name::from_str(&format!("{}.{zone}.", a.subdomain)).expect("a DNS name"),
+                RecordType::TXT,
+            ));
+            let mut edns = Edns::new();
+            edns.set_max_payload(1232);
+            query.set_edns(edns);
+            query.to_vec().expect("a query")
+        })
+        .collect();
+    let (server, rate, seconds) = (args.dns[0], args.probe_rate, args.storm_seconds);
+    eprintln!("[bench-api] DNS latency with the API quiet: {rate} queries/s for {seconds} s");
+    let quiet = {
+        let queries = queries.clone();
+        tokio::task::spawn_blocking(move || probe(server, queries, rate, seconds)).await?
+    };
+
+    eprintln!(
+        "[bench-api] DNS latency during a storm of bad credentials from {} clients",
+        args.storm_clients
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let rejected = Arc::new(AtomicU64::new(0));
+    let other = Arc::new(AtomicU64::new(0));
+    let mut clients = Vec::new();
+    for client in 0..args.storm_clients {
+        let (stop, rejected, other) = (stop.clone(), rejected.clone(), other.clone());
+        let api = args.api[0];
+        // Half the clients are known users with a wrong key, half unknown users: both
+        // cost the server one bcrypt check.
+        let account = &accounts[client % accounts.len()];
+        let (user, subdomain) = if client % 2 == 0 {
+            (account.username.clone(), account.subdomain.clone())
+        } else {
+            (uuid::Uuid::new_v4().to_string(), account.subdomain.clone())
+        };
+        clients.push(tokio::spawn(async move {
+            let mut connection = Connection::new(api);
+            let wrong_key = "x".repeat(40);
+            let body = format!(r#"{{"subdomain": "{subdomain}", "txt": "{}"}}"#, value(7));
+            let headers = [
+                ("X-Api-User", user.as_str()),
+                ("X-Api-Key", wrong_key.as_str()),
+            ];
+            while !stop.load(Ordering::Relaxed) {
+                match connection.post("/update", &headers, &body).await {
+                    Ok((401, _)) => rejected.fetch_add(1, Ordering::Relaxed),
+                    _ => other.fetch_add(1, Ordering::Relaxed),
+                };
+            }
+        }));
+    }
+    // Let the storm fill the server's queue before measuring.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = rejected.load(Ordering::Relaxed);
+    let stormy = tokio::task::spawn_blocking(move || probe(server, queries, rate, seconds)).await?;
+    let during = rejected.load(Ordering::Relaxed) - before;
+    stop.store(true, Ordering::Relaxed);
+    for client in clients {
+        client.await?;
+    }
+
+    println!();
+    println!(
+        "| API | DNS queries | unanswered (1 s) | DNS p50 ms | DNS p99 ms | DNS p99.9 ms | DNS max ms | rejected /update per s |"
+    );
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
+    for (phase, mut result, rejected_per_second) in [
+        ("quiet", quiet, 0.0),
+        (
+            "bad-credential storm",
+            stormy,
+            during as f64 / seconds as f64,
+        ),
+    ] {
+        result.latencies.sort();
+        let l = &result.latencies;
+        println!(
+            "| {phase} | {} | {} | {} | {} | {} | {} | {rejected_per_second:.1} |",
+            l.len() + result.unanswered,
+            result.unanswered,
+            ms3(percentile(l, 50.0)),
+            ms3(percentile(l, 99.0)),
+            ms3(percentile(l, 99.9)),
+            ms3(l.last().copied().unwrap_or_default()),
+        );
+    }
+    let other = other.load(Ordering::Relaxed);
+    if other > 0 {
+        eprintln!("[bench-api] {other} storm requests were answered with something other than 401");
+    }
+    Ok(())
+}
+
+fn ms3(d: Duration) -> String {
+    format!("{:.3}", d.as_secs_f64() * 1000.0)
 }

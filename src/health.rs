@@ -30,6 +30,7 @@ pub struct Health {
     served_names: IntGauge,
     txt_values: IntGauge,
     index_synced: IntGauge,
+    tasks: IntGauge,
 }
 
 impl Health {
@@ -54,6 +55,11 @@ impl Health {
             index_synced: gauge(
                 "kube_acme_dns_index_synced",
                 "1 once the account index has completed its first full sync",
+            )?,
+            tasks: gauge(
+                "kube_acme_dns_runtime_tasks",
+                "Tasks alive in the async runtime (connections, watches, requests in flight): \
+                 steady under steady load",
             )?,
             registry,
             index,
@@ -110,6 +116,10 @@ async fn metrics(State(health): State<Health>) -> impl IntoResponse {
     health.accounts.set(accounts as i64);
     health.served_names.set(names as i64);
     health.txt_values.set(txt as i64);
+    let tasks = tokio::runtime::Handle::current()
+        .metrics()
+        .num_alive_tasks();
+    health.tasks.set(tasks as i64);
     let mut body = Vec::new();
     match TextEncoder::new().encode(&health.registry.gather(), &mut body) {
         Ok(()) => (StatusCode::OK, body).into_response(),

@@ -133,6 +133,26 @@ async fn ready_pods(pods: &Api<Pod>, selector: &str) -> Vec<Pod> {
         .collect()
 }
 
+/// Runs `helm ARGS` off the async workers; fails the test with helm's error and what
+/// the pods of `namespace` say.
+async fn helm(args: Vec<String>, namespace: &str) {
+    let verb = args[0].clone();
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("helm")
+            .args(&args)
+            .output()
+            .expect("run helm")
+    })
+    .await
+    .unwrap();
+    assert!(
+        output.status.success(),
+        "helm {verb} failed: {}\n{}",
+        String::from_utf8_lossy(&output.stderr),
+        node::diagnose(namespace)
+    );
+}
+
 /// A user's certificate for `domain` and `*.domain` through the installed chart: an
 /// account delegated from the user's zone, an Issuer with our solver, a Certificate.
 /// cert-manager calls kube-apiserver, whose aggregator reaches the pods through the
@@ -303,20 +323,7 @@ async fn rolling_upgrade(
     ]
     .map(str::to_string);
     let started = Instant::now();
-    let helm = tokio::task::spawn_blocking(move || {
-        std::process::Command::new("helm")
-            .args(&upgrade)
-            .output()
-            .expect("run helm")
-    })
-    .await
-    .unwrap();
-    assert!(
-        helm.status.success(),
-        "helm upgrade failed: {}\n{}",
-        String::from_utf8_lossy(&helm.stderr),
-        node::diagnose(&release.namespace)
-    );
+    helm(upgrade.to_vec(), &release.namespace).await;
     // Until both old pods are gone (their processes stop last) and two new ones Ready.
     let new = common::eventually(
         "both pods replaced and the old ones gone",
@@ -525,20 +532,7 @@ async fn chart_runs_on_the_node_and_answers_through_the_load_balancer() {
     ]
     .map(str::to_string);
     let started = std::time::Instant::now();
-    let helm = tokio::task::spawn_blocking(move || {
-        std::process::Command::new("helm")
-            .args(&install)
-            .output()
-            .expect("run helm")
-    })
-    .await
-    .unwrap();
-    assert!(
-        helm.status.success(),
-        "helm install failed: {}\n{}",
-        String::from_utf8_lossy(&helm.stderr),
-        node::diagnose(&namespace)
-    );
+    helm(install.to_vec(), &namespace).await;
     load_balancer.await.unwrap();
     common::report(&format!(
         "helm install --wait: both replicas Ready in {:.1} s",
@@ -704,15 +698,7 @@ async fn chart_runs_on_the_node_and_answers_through_the_load_balancer() {
     // and the Deployment brings a new pod.
     let leases: Api<Lease> = Api::namespaced(admin.clone(), &namespace);
     let lease = format!("{fullname}-controller");
-    let holder = || async {
-        leases
-            .get(&lease)
-            .await
-            .ok()?
-            .spec?
-            .holder_identity
-            .filter(|h| !h.is_empty())
-    };
+    let holder = || common::lease_holder(&leases, &lease);
     let before = ready_pods(&pods, &selector).await;
     let leader =
         common::eventually("a replica holds the Lease", Duration::from_secs(60), holder).await;

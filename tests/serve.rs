@@ -192,15 +192,7 @@ async fn at_sigterm_the_leader_hands_the_lease_to_the_other_replica_at_once() {
     let mut first = start("first");
     common::wait_ready(&first).await;
     let leases: Api<Lease> = Api::namespaced(client, common::RELEASE_NAMESPACE);
-    let holder = || async {
-        leases
-            .get(&lease)
-            .await
-            .ok()?
-            .spec?
-            .holder_identity
-            .filter(|h| !h.is_empty())
-    };
+    let holder = || common::lease_holder(&leases, &lease);
     let held = common::eventually("first holds the Lease", Duration::from_secs(30), || {
         holder()
     })
@@ -227,5 +219,194 @@ async fn at_sigterm_the_leader_hands_the_lease_to_the_other_replica_at_once() {
     common::report(&format!(
         "the other replica held the Lease {:.1} s after SIGTERM",
         signalled.elapsed().as_secs_f64()
+    ));
+}
+
+/// Fault: the replica holding the Lease is killed (SIGKILL, no handover) while accounts
+/// are being created and DNS queries flow. The other replica takes the Lease once it has
+/// gone unrenewed for its duration and reconciles what was created meanwhile; every
+/// account gets its status exactly once (no account's subdomain is assigned twice, or
+/// its status lost), and every DNS query to the survivor is answered throughout.
+#[tokio::test]
+async fn killing_the_lease_holder_under_load_loses_no_status_and_writes_none_twice() {
+    use std::{
+        collections::HashMap,
+        sync::{Arc, Mutex},
+        time::Instant,
+    };
+
+    use futures::StreamExt as _;
+    use hickory_proto::rr::RecordType;
+    use k8s_openapi::api::coordination::v1::Lease;
+    use kube::runtime::{WatchStreamExt as _, watcher};
+    use kube_acme_dns::api::AcmeDnsAccountStatus;
+
+    const ACCOUNTS: usize = 40;
+    // Short, so the test is: a lease of 6 s renewed every 2 s.
+    const LEASE_SECONDS: u64 = 6;
+
+    let client = common::client().await;
+    common::install_crd(&client).await;
+    let namespace = common::create_namespace(&client, "leader-kill").await;
+    let lease = common::unique_name("leader-kill");
+    let duration = LEASE_SECONDS.to_string();
+    let start = |identity: &str| {
+        common::spawn_serve(
+            &namespace,
+            &lease,
+            &[
+                "--roles",
+                "dns,controller",
+                "--identity",
+                identity,
+                "--leader-election-duration",
+                &duration,
+            ],
+        )
+    };
+    let mut replicas = HashMap::from([("a", start("a")), ("b", start("b"))]);
+    for serve in replicas.values() {
+        common::wait_ready(serve).await;
+    }
+    let leases: Api<Lease> = Api::namespaced(client.clone(), common::RELEASE_NAMESPACE);
+    let holder = || common::lease_holder(&leases, &lease);
+    let first = common::eventually("a replica holds the Lease", Duration::from_secs(30), || {
+        holder()
+    })
+    .await;
+    let survivor = if first == "a" { "b" } else { "a" };
+    let survivor_dns = replicas[survivor].dns;
+
+    // Every status each account is seen with, in order (repeats of the same one dropped).
+    let accounts: Api<AcmeDnsAccount> = Api::namespaced(client.clone(), &namespace);
+    let seen: Arc<Mutex<HashMap<String, Vec<Option<AcmeDnsAccountStatus>>>>> = Arc::default();
+    let watch = tokio::spawn({
+        let (accounts, seen) = (accounts.clone(), seen.clone());
+        async move {
+            let mut stream =
+                std::pin::pin!(watcher(accounts, watcher::Config::default()).applied_objects());
+            while let Some(Ok(account)) = stream.next().await {
+                let name = account.metadata.name.clone().unwrap_or_default();
+                let mut seen = seen.lock().unwrap();
+                let history = seen.entry(name).or_default();
+                if history.last() != Some(&account.status) {
+                    history.push(account.status);
+                }
+            }
+        }
+    });
+
+    // DNS load on the survivor for the whole run: a query every 5 ms, each must be answered.
+    let querying = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let dns_load = tokio::task::spawn_blocking({
+        let querying = querying.clone();
+        move || {
+            let (mut asked, mut unanswered) = (0u32, 0u32);
+            while querying.load(std::sync::atomic::Ordering::Relaxed) {
+                let query =
+                    common::dns::query("auth.example.test.", RecordType::SOA, false, Some(1232));
+                asked += 1;
+                if common::dns::udp(survivor_dns, &query, Duration::from_secs(1)).is_err() {
+                    unanswered += 1;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            (asked, unanswered)
+        }
+    });
+
+    // Accounts are created one every 250 ms; the holder is killed after a quarter of them.
+    let mut killed_at = None;
+    let mut created_after_kill = Vec::new();
+    for i in 0..ACCOUNTS {
+        if i == ACCOUNTS / 4 {
+            let mut holder_process = replicas.remove(first.as_str()).expect("the holder");
+            holder_process
+                .child
+                .start_kill()
+                .expect("SIGKILL the holder");
+            holder_process.child.wait().await.unwrap();
+            killed_at = Some(Instant::now());
+        }
+        let name = format!("load-{i:02}");
+        accounts
+            .create(
+                &PostParams::default(),
+                &AcmeDnsAccount::new(&name, AcmeDnsAccountSpec::default()),
+            )
+            .await
+            .unwrap();
+        if killed_at.is_some() {
+            created_after_kill.push(name);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let killed_at = killed_at.expect("the holder was killed");
+
+    // The survivor takes the Lease and reconciles everything.
+    common::eventually(
+        "the survivor holds the Lease",
+        Duration::from_secs(4 * LEASE_SECONDS),
+        || async { (holder().await? == survivor).then_some(()) },
+    )
+    .await;
+    let took_over = killed_at.elapsed();
+    let ready = |status: &Option<AcmeDnsAccountStatus>| {
+        status.as_ref().is_some_and(|s| {
+            s.subdomain.is_some()
+                && s.conditions
+                    .iter()
+                    .any(|c| c.type_ == "Ready" && c.status == "True")
+        })
+    };
+    let first_reconcile = common::eventually(
+        "every account has its status",
+        Duration::from_secs(60),
+        || async {
+            let seen = seen.lock().unwrap();
+            let all = (0..ACCOUNTS).all(|i| {
+                seen.get(&format!("load-{i:02}"))
+                    .and_then(|h| h.last())
+                    .is_some_and(ready)
+            });
+            all.then(|| killed_at.elapsed())
+        },
+    )
+    .await;
+    // Statuses that would come late (a second write) have time to arrive.
+    tokio::time::sleep(Duration::from_secs(LEASE_SECONDS)).await;
+    querying.store(false, std::sync::atomic::Ordering::Relaxed);
+    let (asked, unanswered) = dns_load.await.unwrap();
+    watch.abort();
+
+    let seen = seen.lock().unwrap();
+    for i in 0..ACCOUNTS {
+        let name = format!("load-{i:02}");
+        let statuses: Vec<_> = seen[&name].iter().flatten().collect();
+        assert_eq!(
+            statuses.len(),
+            1,
+            "{name}: its status was written {} times: {statuses:#?}",
+            statuses.len()
+        );
+        assert!(ready(&Some(statuses[0].clone())), "{name}: {statuses:#?}");
+    }
+    assert_eq!(
+        unanswered, 0,
+        "{unanswered} of {asked} DNS queries to the surviving replica went unanswered"
+    );
+    // The Lease expires LEASE_SECONDS after its last renewal; the survivor tries every
+    // third of that, and judges expiry from when it saw the last renewal.
+    assert!(
+        took_over <= Duration::from_secs(LEASE_SECONDS + 2 * LEASE_SECONDS / 3 + 2),
+        "the survivor took the Lease {took_over:?} after the holder was killed"
+    );
+    common::report(&format!(
+        "Lease holder killed: the other replica held the Lease {:.1} s later (lease {LEASE_SECONDS} s) \
+         and all {ACCOUNTS} accounts ({} created after the kill) had their status, each written once, \
+         {:.1} s after the kill; {asked} DNS queries to it meanwhile, all answered",
+        took_over.as_secs_f64(),
+        created_after_kill.len(),
+        first_reconcile.as_secs_f64(),
     ));
 }

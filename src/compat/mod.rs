@@ -3,6 +3,7 @@
 //! hook, Caddy) work unchanged: `protocol` is the wire format, `server` the routes over
 //! an account store, `store` the accounts as AcmeDnsAccounts and credential Secrets.
 
+pub mod keywork;
 pub mod limit;
 pub mod metrics;
 pub mod protocol;
@@ -64,8 +65,9 @@ pub struct ApiArgs {
           value_parser = clap::value_parser!(u32).range(4..=16))]
     pub api_bcrypt_cost: u32,
 
-    /// bcrypt computations at once; more requests wait. 0 means one per CPU, so key
-    /// checks never take every core from the DNS threads' neighbours.
+    /// bcrypt computations at once; more requests wait. 0 means one per CPU. The checks
+    /// run on threads of their own at nice 10, so a flood of bad keys slows other API
+    /// requests, not DNS answers.
     #[arg(
         long,
         env = "KUBE_ACME_DNS_API_BCRYPT_CONCURRENCY",
@@ -133,6 +135,8 @@ pub enum ApiError {
     },
     #[error(transparent)]
     Tls(#[from] TlsError),
+    #[error("cannot start the threads that check API keys: {0}")]
+    Threads(#[source] std::io::Error),
 }
 
 /// Serves the API over `store` until `shutdown`, then drains requests in flight.
@@ -152,7 +156,7 @@ pub async fn serve<S: server::AccountStore>(
         .local_addr()
         .map(|a| a.to_string())
         .unwrap_or_default();
-    let router = server::router(store, args.settings(), metrics);
+    let router = server::router(store, args.settings(), metrics).map_err(ApiError::Threads)?;
     // A register or update body is a few hundred bytes.
     let limits = Limits {
         max_body: 16 * 1024,

@@ -1,8 +1,9 @@
 //! The routes of the acme-dns API over an [`AccountStore`]: what to answer is decided
 //! here, where accounts live is the store's business. Credentials are checked in
-//! acme-dns's order, every failure answered the same way, and bcrypt runs on the
-//! blocking pool under a concurrency cap, so a flood of bad keys neither answers faster
-//! for unknown users nor starves the async workers.
+//! acme-dns's order, every failure answered the same way, and bcrypt runs on threads of
+//! its own at a lower priority ([`KeyWork`]) under a concurrency cap, so a flood of bad
+//! keys neither answers faster for unknown users nor starves the async workers or the
+//! DNS threads.
 
 use std::{sync::Arc, time::Instant};
 
@@ -20,6 +21,7 @@ use tokio::sync::Semaphore;
 use tracing::{info, warn};
 
 use super::{
+    keywork::KeyWork,
     limit::{RateLimit, RegisterLimiter},
     metrics::{self, ApiMetrics},
     protocol::{self, ErrorCode, RegisterRequest},
@@ -95,18 +97,25 @@ struct Api<S> {
     store: S,
     settings: Settings,
     bcrypt: Semaphore,
+    key_work: KeyWork,
     /// Compared against when the user is unknown, so a miss costs what a hit does.
     dummy_hash: String,
     register_limiter: Option<RegisterLimiter>,
 }
 
 /// The router of the API over `store`, counting its requests in `metrics`.
-pub fn router<S: AccountStore>(store: S, settings: Settings, metrics: ApiMetrics) -> Router {
+pub fn router<S: AccountStore>(
+    store: S,
+    settings: Settings,
+    metrics: ApiMetrics,
+) -> std::io::Result<Router> {
     let dummy_hash = bcrypt::hash(protocol::new_key(), settings.bcrypt_cost)
         .expect("bcrypt cost is validated by the flag");
+    let concurrency = settings.bcrypt_concurrency.max(1);
     let api = Arc::new(Api {
         store,
-        bcrypt: Semaphore::new(settings.bcrypt_concurrency.max(1)),
+        bcrypt: Semaphore::new(concurrency),
+        key_work: KeyWork::new(concurrency)?,
         register_limiter: settings.register_limit.map(RegisterLimiter::new),
         settings,
         dummy_hash,
@@ -118,10 +127,10 @@ pub fn router<S: AccountStore>(store: S, settings: Settings, metrics: ApiMetrics
     if api.settings.registration {
         router = router.route("/register", post(register::<S>));
     }
-    router
+    Ok(router
         .route_layer(middleware::from_fn_with_state(metrics, metrics::observe))
         .fallback(not_found)
-        .with_state(api)
+        .with_state(api))
 }
 
 /// Go's net/http answer for an unknown path, which clients may match on.
@@ -318,9 +327,9 @@ impl<S> Api<S> {
     async fn hash(&self, password: String) -> Option<String> {
         let cost = self.settings.bcrypt_cost;
         let _permit = self.bcrypt.acquire().await.ok()?;
-        tokio::task::spawn_blocking(move || bcrypt::hash(password, cost).ok())
+        self.key_work
+            .run(move || bcrypt::hash(password, cost).ok())
             .await
-            .ok()
             .flatten()
     }
 
@@ -328,7 +337,8 @@ impl<S> Api<S> {
         let Ok(_permit) = self.bcrypt.acquire().await else {
             return false;
         };
-        tokio::task::spawn_blocking(move || bcrypt::verify(key, &hash).unwrap_or(false))
+        self.key_work
+            .run(move || bcrypt::verify(key, &hash).unwrap_or(false))
             .await
             .unwrap_or(false)
     }

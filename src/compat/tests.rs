@@ -97,7 +97,7 @@ fn router(store: MemoryStore, settings: Settings) -> Router {
 fn router_with_metrics(store: MemoryStore, settings: Settings) -> (Router, prometheus::Registry) {
     let registry = prometheus::Registry::new();
     let metrics = ApiMetrics::new(&registry).unwrap();
-    (server::router(store, settings, metrics), registry)
+    (server::router(store, settings, metrics).unwrap(), registry)
 }
 
 /// The value of one sample in the registry's text exposition.

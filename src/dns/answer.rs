@@ -281,8 +281,11 @@ impl<'q, 'o> Response<'q, 'o> {
         for _ in 0..labels - k {
             end += 1 + ns_name[end] as usize;
         }
-        let key = ns_name[..end].to_ascii_lowercase();
-        let Some(node) = zone.names.get(key.as_slice()) else {
+        let mut key = [0u8; 255];
+        for (dst, src) in key.iter_mut().zip(&ns_name[..end]) {
+            *dst = src.to_ascii_lowercase();
+        }
+        let Some(node) = zone.names.get(&key[..end]) else {
             return;
         };
         for rtype in [TYPE_A, TYPE_AAAA] {

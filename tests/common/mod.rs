@@ -63,6 +63,20 @@ pub async fn install_crd(client: &Client) {
     .expect("watching the CRD");
 }
 
+/// Who holds the Lease `name` now, if anyone.
+pub async fn lease_holder(
+    leases: &Api<k8s_openapi::api::coordination::v1::Lease>,
+    name: &str,
+) -> Option<String> {
+    leases
+        .get(name)
+        .await
+        .ok()?
+        .spec?
+        .holder_identity
+        .filter(|h| !h.is_empty())
+}
+
 /// A measurement a user would want to see from a passing test: on stderr, and appended
 /// to the file `KAD_TEST_REPORT` names (`e2e/test.sh` prints it after the tests).
 pub fn report(line: &str) {
