@@ -2,11 +2,12 @@
 //!
 //! UDP runs on plain OS threads, one socket each, bound with SO_REUSEPORT so the
 //! kernel spreads queries across them: no async machinery between the socket and the
-//! answer, which is where the stock server spends its time. TCP (RFC 7766) runs on the
+//! answer, which is where the stock server spends its time, and queries read and
+//! answers sent in batches, one system call for many. TCP (RFC 7766) runs on the
 //! tokio runtime; it carries little traffic (truncated retries, checks).
 //!
 //! A wildcard bind answers on every address of the host; each UDP answer leaves from the
-//! address its query was sent to (see `UdpReplier`). `0.0.0.0` brings `[::]` along, so
+//! address its query was sent to (see `UdpBatch`). `0.0.0.0` brings `[::]` along, so
 //! IPv6 is served next to IPv4.
 
 use std::{
@@ -23,7 +24,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+use socket2::{Domain, Protocol, Socket, Type};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
@@ -234,24 +235,41 @@ fn tcp_listener(addr: SocketAddr, only_v6: bool) -> io::Result<std::net::TcpList
     Ok(tcp.into())
 }
 
-/// A UDP socket whose replies leave from the address their query was sent to.
+/// Datagrams taken from the socket in one `recvmmsg`, and answers sent in one `sendmmsg`.
+/// Under load each system call carries up to this many; when queries trickle in, a call
+/// returns as soon as one has arrived, so nothing waits for a batch to fill.
+const UDP_BATCH: usize = 32;
+/// Bytes read of a query. A query larger than this is malformed for us anyway: the
+/// kernel cuts it and the parser answers FORMERR or drops it.
+const UDP_QUERY_MAX: usize = 4096;
+
+/// A UDP socket read and written in batches, whose replies leave from the address their
+/// query was sent to.
 ///
 /// On a wildcard bind the kernel would pick a reply's source address by route, and on a
 /// host with several addresses that need not be the one the client asked; clients and
 /// resolvers drop such replies (RFC 2181 §4.1). With IP_PKTINFO / IPV6_RECVPKTINFO on
-/// (`udp_socket` enables them on wildcard binds), recvmsg learns each query's destination
-/// and sendmsg hands it back as the reply's source, as in RFC 3542 §6. A socket bound to
-/// one address reports no destination; its replies go out with plain `send_to`, from the
-/// bound address.
+/// (`udp_socket` enables them on wildcard binds), recvmmsg learns each query's
+/// destination and sendmmsg hands it back as the reply's source, as in RFC 3542 §6. A
+/// socket bound to one address reports no destination; its replies go out without a
+/// control message, from the bound address.
 ///
-/// `recv_from` and `send_to` are those of `std::net::UdpSocket`, except that `send_to`
-/// answers the query `recv_from` returned last. Nothing is allocated per query.
-struct UdpReplier {
+/// Every buffer is allocated once, when the thread starts: nothing per query. The
+/// message headers point into the buffers and are filled in again before each call, so
+/// no pointer outlives the call it was made for.
+struct UdpBatch {
     socket: std::net::UdpSocket,
-    /// Where the last query was sent, when the socket reports it.
-    destination: Option<Destination>,
-    /// The control messages of the last query, then of its reply.
-    control: Control,
+    /// Per slot: the query, its sender, and the control messages that came with it.
+    queries: Box<[[u8; UDP_QUERY_MAX]]>,
+    peers: Box<[libc::sockaddr_storage]>,
+    controls: Box<[Control]>,
+    /// Per slot: the answer, and whether it goes out (Some) and from which address
+    /// (the query's destination, when the socket reported one).
+    answers: Box<[Vec<u8>]>,
+    replies: Box<[Option<Option<Destination>>]>,
+    /// The headers of the last call, and the io vectors they point at.
+    headers: Box<[libc::mmsghdr]>,
+    iovecs: Box<[libc::iovec]>,
 }
 
 /// A query's destination, as its control message reported it.
@@ -263,6 +281,7 @@ enum Destination {
 
 /// Room for one IP_PKTINFO or IPV6_PKTINFO control message, aligned like a `cmsghdr`.
 #[repr(C, align(8))]
+#[derive(Clone, Copy)]
 struct Control([u8; CONTROL_LEN]);
 
 // SAFETY: CMSG_SPACE only does arithmetic on its argument.
@@ -271,108 +290,226 @@ const CONTROL_LEN: usize =
 const _: () = assert!(mem::align_of::<Control>() >= mem::align_of::<libc::cmsghdr>());
 const _: () = assert!(mem::size_of::<libc::in6_pktinfo>() >= mem::size_of::<libc::in_pktinfo>());
 
-impl UdpReplier {
+impl UdpBatch {
     fn new(socket: std::net::UdpSocket) -> Self {
+        // SAFETY: all-zero is a valid value of these plain C structs (null pointers,
+        // zero lengths, family AF_UNSPEC).
+        let (storage, header, iovec) = unsafe {
+            (
+                mem::zeroed::<libc::sockaddr_storage>(),
+                mem::zeroed::<libc::mmsghdr>(),
+                mem::zeroed::<libc::iovec>(),
+            )
+        };
         Self {
             socket,
-            destination: None,
-            control: Control([0; CONTROL_LEN]),
+            queries: vec![[0; UDP_QUERY_MAX]; UDP_BATCH].into_boxed_slice(),
+            peers: vec![storage; UDP_BATCH].into_boxed_slice(),
+            controls: vec![Control([0; CONTROL_LEN]); UDP_BATCH].into_boxed_slice(),
+            answers: (0..UDP_BATCH)
+                .map(|_| Vec::with_capacity(UDP_QUERY_MAX))
+                .collect(),
+            replies: vec![None; UDP_BATCH].into_boxed_slice(),
+            headers: vec![header; UDP_BATCH].into_boxed_slice(),
+            iovecs: vec![iovec; UDP_BATCH].into_boxed_slice(),
         }
     }
 
-    /// Receives a query into `packet` (truncated to its length, as `recv_from` does); its
-    /// length and sender.
-    fn recv_from(&mut self, packet: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
-        self.destination = None;
-        let fd = self.socket.as_raw_fd();
-        let control = &mut self.control.0;
-        let mut iov = libc::iovec {
-            iov_base: packet.as_mut_ptr().cast(),
-            iov_len: packet.len(),
+    /// Waits for at least one datagram (up to the socket's read timeout), then takes
+    /// whatever else is queued, up to a batch; how many.
+    fn receive(&mut self) -> io::Result<usize> {
+        for i in 0..UDP_BATCH {
+            self.iovecs[i] = libc::iovec {
+                iov_base: self.queries[i].as_mut_ptr().cast(),
+                iov_len: UDP_QUERY_MAX,
+            };
+            let header = &mut self.headers[i];
+            header.msg_len = 0;
+            header.msg_hdr.msg_name = (&raw mut self.peers[i]).cast();
+            header.msg_hdr.msg_namelen = mem::size_of::<libc::sockaddr_storage>() as _;
+            header.msg_hdr.msg_iov = &raw mut self.iovecs[i];
+            header.msg_hdr.msg_iovlen = 1;
+            header.msg_hdr.msg_control = self.controls[i].0.as_mut_ptr().cast();
+            header.msg_hdr.msg_controllen = CONTROL_LEN as _;
+            header.msg_hdr.msg_flags = 0;
+        }
+        // SAFETY: each of the UDP_BATCH headers points at its own peer storage, query
+        // buffer (through its iovec) and control buffer, all owned by `self` and alive
+        // across the call, each given with its true size.
+        let received = unsafe {
+            libc::recvmmsg(
+                self.socket.as_raw_fd(),
+                self.headers.as_mut_ptr(),
+                UDP_BATCH as _,
+                libc::MSG_WAITFORONE,
+                ptr::null_mut(),
+            )
         };
-        // SAFETY: every pointer in `msg` points at memory that outlives the call, with
-        // its true size: the address storage `try_init` lends (its size in
-        // `*storage_len`, updated to what recvmsg wrote), `packet` through `iov`, and
-        // `control`. A zeroed msghdr is valid (null pointers, zero lengths), and
-        // `destination` reads `msg` as recvmsg left it.
-        let ((len, destination), peer) = unsafe {
-            SockAddr::try_init(|storage, storage_len| {
-                let mut msg: libc::msghdr = mem::zeroed();
-                msg.msg_name = storage.cast();
-                msg.msg_namelen = *storage_len;
-                msg.msg_iov = &mut iov;
-                msg.msg_iovlen = 1;
-                msg.msg_control = control.as_mut_ptr().cast();
-                msg.msg_controllen = CONTROL_LEN as _;
-                let received = libc::recvmsg(fd, &mut msg, 0);
-                if received < 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                *storage_len = msg.msg_namelen;
-                Ok((received as usize, destination(&msg)))
-            })?
-        };
-        self.destination = destination;
-        let peer = peer
-            .as_socket()
-            .ok_or_else(|| io::Error::other("UDP datagram from a non-IP address"))?;
-        Ok((len, peer))
-    }
-
-    /// Sends `out` to `peer`, from the address the last query was sent to.
-    fn send_to(&mut self, out: &[u8], peer: SocketAddr) -> io::Result<usize> {
-        let Some(source) = self.destination.and_then(Destination::reply_source) else {
-            return self.socket.send_to(out, peer);
-        };
-        let peer = SockAddr::from(peer);
-        let mut iov = libc::iovec {
-            iov_base: out.as_ptr().cast_mut().cast(),
-            iov_len: out.len(),
-        };
-        let (level, kind, size) = match source {
-            Destination::V4(_) => (
-                libc::IPPROTO_IP,
-                libc::IP_PKTINFO,
-                mem::size_of::<libc::in_pktinfo>(),
-            ),
-            Destination::V6(_) => (
-                libc::IPPROTO_IPV6,
-                libc::IPV6_PKTINFO,
-                mem::size_of::<libc::in6_pktinfo>(),
-            ),
-        };
-        let fd = self.socket.as_raw_fd();
-        self.control.0.fill(0);
-        // SAFETY: `msg` points at `peer`, `out` (through `iov`; sendmsg only reads it)
-        // and `control`, all alive across the call and given with their sizes. The one
-        // control message fits: CONTROL_LEN is the space of the larger pktinfo, and the
-        // buffer is aligned for a cmsghdr, so CMSG_FIRSTHDR returns its start and
-        // CMSG_DATA a pointer `size` bytes of which lie inside it (written unaligned all
-        // the same).
-        let sent = unsafe {
-            let mut msg: libc::msghdr = mem::zeroed();
-            msg.msg_name = peer.as_ptr().cast_mut().cast();
-            msg.msg_namelen = peer.len();
-            msg.msg_iov = &mut iov;
-            msg.msg_iovlen = 1;
-            msg.msg_control = self.control.0.as_mut_ptr().cast();
-            msg.msg_controllen = libc::CMSG_SPACE(size as u32) as _;
-            let cmsg = libc::CMSG_FIRSTHDR(&msg);
-            (*cmsg).cmsg_level = level;
-            (*cmsg).cmsg_type = kind;
-            (*cmsg).cmsg_len = libc::CMSG_LEN(size as u32) as _;
-            let data = libc::CMSG_DATA(cmsg);
-            match source {
-                Destination::V4(info) => ptr::write_unaligned(data.cast(), info),
-                Destination::V6(info) => ptr::write_unaligned(data.cast(), info),
-            }
-            libc::sendmsg(fd, &msg, 0)
-        };
-        if sent < 0 {
+        if received < 0 {
             Err(io::Error::last_os_error())
         } else {
-            Ok(sent as usize)
+            Ok(received as usize)
         }
+    }
+
+    /// Hands each of the `n` datagrams received to `respond` with its sender and a
+    /// buffer for the answer; sends the answers it returns true for, in one call when
+    /// it can.
+    fn respond(
+        &mut self,
+        n: usize,
+        mut respond: impl FnMut(&[u8], SocketAddr, &mut Vec<u8>) -> bool,
+    ) {
+        for i in 0..n {
+            self.replies[i] = None;
+            let header = &self.headers[i];
+            let Some(peer) = socket_addr(&self.peers[i], header.msg_hdr.msg_namelen) else {
+                continue; // not an IP sender: nothing to answer
+            };
+            // SAFETY: the header is as recvmmsg left it, its control buffer is alive.
+            let destination = unsafe { destination(&header.msg_hdr) };
+            let len = (header.msg_len as usize).min(UDP_QUERY_MAX);
+            if respond(&self.queries[i][..len], peer, &mut self.answers[i]) {
+                self.replies[i] = Some(destination);
+            }
+        }
+        self.send(n);
+    }
+
+    /// Sends the answers of the first `n` slots that have one.
+    fn send(&mut self, n: usize) {
+        let mut count = 0;
+        for i in 0..n {
+            let Some(destination) = self.replies[i] else {
+                continue;
+            };
+            self.iovecs[count] = libc::iovec {
+                iov_base: self.answers[i].as_mut_ptr().cast(),
+                iov_len: self.answers[i].len(),
+            };
+            // The reply goes to the query's sender: peers[i] and its length are as
+            // recvmmsg left them (headers[count] is headers[i] or an earlier one,
+            // whose length is copied before it is overwritten).
+            let namelen = self.headers[i].msg_hdr.msg_namelen;
+            let header = &mut self.headers[count];
+            header.msg_len = 0;
+            header.msg_hdr.msg_name = (&raw mut self.peers[i]).cast();
+            header.msg_hdr.msg_namelen = namelen;
+            header.msg_hdr.msg_iov = &raw mut self.iovecs[count];
+            header.msg_hdr.msg_iovlen = 1;
+            header.msg_hdr.msg_flags = 0;
+            match destination.and_then(Destination::reply_source) {
+                Some(source) => {
+                    // The control buffer of slot i is free again: its query is read.
+                    let control = &mut self.controls[i];
+                    // SAFETY: see `write_pktinfo`; the header points at `control`,
+                    // which `self` owns.
+                    unsafe { write_pktinfo(&mut header.msg_hdr, control, source) };
+                }
+                None => {
+                    header.msg_hdr.msg_control = ptr::null_mut();
+                    header.msg_hdr.msg_controllen = 0;
+                }
+            }
+            count += 1;
+        }
+        let fd = self.socket.as_raw_fd();
+        let mut start = 0;
+        while start < count {
+            // SAFETY: headers[start..count] each point at a peer address, an answer
+            // (through its iovec; sendmmsg only reads it) and a control message or
+            // none, all owned by `self` and alive across the call.
+            let sent = unsafe {
+                libc::sendmmsg(
+                    fd,
+                    self.headers[start..].as_mut_ptr(),
+                    (count - start) as _,
+                    0,
+                )
+            };
+            if sent > 0 {
+                start += sent as usize;
+                continue;
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            // The first of the rest could not go (an unreachable client, a full
+            // buffer): it is lost, as a plain send's would be; the others still go.
+            debug!(error = %e, "UDP send failed");
+            start += 1;
+        }
+    }
+}
+
+/// Puts one IP_PKTINFO or IPV6_PKTINFO control message in `control` and points `msg` at
+/// it, so the datagram leaves from `source`.
+///
+/// # Safety
+///
+/// `msg` must be used only while `control` is alive and not moved.
+unsafe fn write_pktinfo(msg: &mut libc::msghdr, control: &mut Control, source: Destination) {
+    let (level, kind, size) = match source {
+        Destination::V4(_) => (
+            libc::IPPROTO_IP,
+            libc::IP_PKTINFO,
+            mem::size_of::<libc::in_pktinfo>(),
+        ),
+        Destination::V6(_) => (
+            libc::IPPROTO_IPV6,
+            libc::IPV6_PKTINFO,
+            mem::size_of::<libc::in6_pktinfo>(),
+        ),
+    };
+    control.0.fill(0);
+    msg.msg_control = control.0.as_mut_ptr().cast();
+    // SAFETY: CMSG_SPACE only does arithmetic.
+    msg.msg_controllen = unsafe { libc::CMSG_SPACE(size as u32) } as _;
+    // SAFETY: the one control message fits: CONTROL_LEN is the space of the larger
+    // pktinfo, and the buffer is aligned for a cmsghdr, so CMSG_FIRSTHDR returns its
+    // start and CMSG_DATA a pointer `size` bytes of which lie inside it (written
+    // unaligned all the same).
+    unsafe {
+        let cmsg = libc::CMSG_FIRSTHDR(msg);
+        (*cmsg).cmsg_level = level;
+        (*cmsg).cmsg_type = kind;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(size as u32) as _;
+        let data = libc::CMSG_DATA(cmsg);
+        match source {
+            Destination::V4(info) => ptr::write_unaligned(data.cast(), info),
+            Destination::V6(info) => ptr::write_unaligned(data.cast(), info),
+        }
+    }
+}
+
+/// The sender recvmmsg wrote into `storage`, `len` bytes of it; None unless IPv4 or IPv6.
+fn socket_addr(storage: &libc::sockaddr_storage, len: libc::socklen_t) -> Option<SocketAddr> {
+    let len = len as usize;
+    match i32::from(storage.ss_family) {
+        libc::AF_INET if len >= mem::size_of::<libc::sockaddr_in>() => {
+            // SAFETY: the family says the storage holds a sockaddr_in, written whole
+            // (len), and sockaddr_storage is aligned for every address type.
+            let addr = unsafe { &*ptr::from_ref(storage).cast::<libc::sockaddr_in>() };
+            Some(SocketAddr::new(
+                Ipv4Addr::from(u32::from_be(addr.sin_addr.s_addr)).into(),
+                u16::from_be(addr.sin_port),
+            ))
+        }
+        libc::AF_INET6 if len >= mem::size_of::<libc::sockaddr_in6>() => {
+            // SAFETY: as above, for a sockaddr_in6.
+            let addr = unsafe { &*ptr::from_ref(storage).cast::<libc::sockaddr_in6>() };
+            Some(
+                std::net::SocketAddrV6::new(
+                    Ipv6Addr::from(addr.sin6_addr.s6_addr),
+                    u16::from_be(addr.sin6_port),
+                    addr.sin6_flowinfo,
+                    addr.sin6_scope_id,
+                )
+                .into(),
+            )
+        }
+        _ => None,
     }
 }
 
@@ -471,16 +608,13 @@ fn serve_udp(
     rrl: &RateLimiter,
     stop: &AtomicBool,
 ) {
-    // Replies leave from the address each query was sent to; see `UdpReplier`.
-    let mut socket = UdpReplier::new(socket);
+    // Queries come in and answers go out in batches; replies leave from the address each
+    // query was sent to. See `UdpBatch`.
+    let mut batch = UdpBatch::new(socket);
     let mut local = metrics.local(Transport::Udp);
-    // A query larger than this is malformed for us anyway; recv truncates it and the
-    // parser answers FORMERR or drops it.
-    let mut packet = [0u8; 4096];
-    let mut out = Vec::with_capacity(4096);
     while !stop.load(Ordering::Relaxed) {
-        let (len, peer) = match socket.recv_from(&mut packet) {
-            Ok(received) => received,
+        let n = match batch.receive() {
+            Ok(n) => n,
             Err(e)
                 if matches!(
                     e.kind(),
@@ -496,24 +630,22 @@ fn serve_udp(
                 continue;
             }
         };
-        let started = Instant::now();
-        let answered = answer(&packet[..len], zone, index, Transport::Udp, &mut out);
-        // Response rate limiting (rrl.rs): the answer goes out whole, cut down to a
-        // truncated reply in `out`, or not at all.
-        if answered.is_some() {
-            let verdict = rrl.apply(peer.ip(), started, &mut out);
-            local.record_rrl(verdict);
-            if verdict == Verdict::Drop {
-                local.record(answered, started.elapsed().as_secs_f64());
-                continue;
-            }
-        }
-        if answered.is_some()
-            && let Err(e) = socket.send_to(&out, peer)
-        {
-            debug!(%peer, error = %e, "UDP send failed");
-        }
-        local.record(answered, started.elapsed().as_secs_f64());
+        batch.respond(n, |packet, peer, out| {
+            let started = Instant::now();
+            let answered = answer(packet, zone, index, Transport::Udp, out);
+            // Response rate limiting (rrl.rs): the answer goes out whole, cut down to a
+            // truncated reply in `out`, or not at all.
+            let send = match answered {
+                Some(_) => {
+                    let verdict = rrl.apply(peer.ip(), started, out);
+                    local.record_rrl(verdict);
+                    verdict != Verdict::Drop
+                }
+                None => false,
+            };
+            local.record(answered, started.elapsed().as_secs_f64());
+            send
+        });
     }
     local.flush();
 }
@@ -1158,6 +1290,43 @@ mod tests {
         assert!(reply.edns.is_some(), "the OPT is kept: {reply:?}");
         let records = reply.answers.len() + reply.authorities.len();
         assert_eq!(records, usize::from(!truncated), "{reply:?}");
+    }
+
+    /// Queries arriving faster than they are answered are read and answered in batches:
+    /// each sender gets exactly the answers to its own queries, and a packet given no
+    /// answer (too short for a header) in the middle of a batch costs only itself.
+    #[tokio::test]
+    async fn udp_bursts_from_several_senders_each_get_their_own_answers() {
+        let (addr, _stop) = udp_and_tcp_responder(RrlConfig::OFF).await;
+        let mut senders = Vec::new();
+        for local in ["127.0.0.1:0", "127.0.1.1:0", "127.0.0.1:0"] {
+            let socket = tokio::net::UdpSocket::bind(local).await.unwrap();
+            socket.connect(addr).await.unwrap();
+            senders.push(socket);
+        }
+        // Interleaved, without waiting: 3 × 60 queries and 3 × 10 runts.
+        for id in 0..60u16 {
+            for (n, socket) in senders.iter().enumerate() {
+                socket
+                    .send(&query_bytes(n as u16 * 1000 + id))
+                    .await
+                    .unwrap();
+                if id % 6 == 0 {
+                    socket.send(&[0x12, 0x34, 0x01]).await.unwrap();
+                }
+            }
+        }
+        for (n, socket) in senders.iter().enumerate() {
+            let mut ids: Vec<u16> = replies(socket)
+                .await
+                .iter()
+                .inspect(|reply| assert_reply(reply, false))
+                .map(|reply| reply.metadata.id)
+                .collect();
+            ids.sort_unstable();
+            let expected: Vec<u16> = (0..60).map(|id| n as u16 * 1000 + id).collect();
+            assert_eq!(ids, expected, "sender {n}");
+        }
     }
 
     #[tokio::test]
