@@ -73,18 +73,10 @@ async fn the_api_server_accepts_every_manifest_of_the_kind_flow() {
         &["apply", "--server-side", "-f", crds.trim()],
         None,
     );
-    common::run(
-        "kubectl",
-        &[
-            "wait",
-            "--for",
-            "condition=Established",
-            "--timeout=60s",
-            "crd/certificates.cert-manager.io",
-            "crd/clusterissuers.cert-manager.io",
-        ],
-        None,
-    );
+    common::wait_established(&[
+        "certificates.cert-manager.io",
+        "clusterissuers.cert-manager.io",
+    ]);
     common::apply_namespace("cert-manager");
     common::apply_namespace("kad-e2e");
     for (file, expect) in [

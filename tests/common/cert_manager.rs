@@ -18,20 +18,12 @@ pub fn install() {
     build_script(&[]);
     let crds = build_script(&["crds"]);
     super::run("kubectl", &["apply", "--server-side", "-f", &crds], None);
-    super::run(
-        "kubectl",
-        &[
-            "wait",
-            "--for",
-            "condition=Established",
-            "--timeout=60s",
-            "crd/certificates.cert-manager.io",
-            "crd/issuers.cert-manager.io",
-            "crd/clusterissuers.cert-manager.io",
-            "crd/challenges.acme.cert-manager.io",
-        ],
-        None,
-    );
+    super::wait_established(&[
+        "certificates.cert-manager.io",
+        "issuers.cert-manager.io",
+        "clusterissuers.cert-manager.io",
+        "challenges.acme.cert-manager.io",
+    ]);
     super::apply_namespace("cert-manager");
 }
 

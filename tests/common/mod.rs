@@ -126,6 +126,31 @@ pub async fn create_namespace(client: &Client, prefix: &str) -> String {
     name
 }
 
+/// Waits up to a minute until the CRDs named are Established. `kubectl wait` fails at
+/// once, rather than waiting, on a CRD the API server has not yet given any condition
+/// (one just created), so it is asked again until it waits.
+pub fn wait_established(crds: &[&str]) {
+    let mut args = vec!["wait", "--for", "condition=Established", "--timeout=60s"];
+    let names: Vec<String> = crds.iter().map(|c| format!("crd/{c}")).collect();
+    args.extend(names.iter().map(String::as_str));
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let output = std::process::Command::new("kubectl")
+            .args(&args)
+            .output()
+            .expect("run kubectl (is the cluster env loaded?)");
+        if output.status.success() {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "CRDs not Established: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
 /// Runs a command from PATH (kubectl and helm come from the local control plane's env)
 /// and returns its stdout, failing the test with its stderr.
 pub fn run(program: &str, args: &[&str], stdin: Option<&str>) -> String {
