@@ -238,11 +238,15 @@ impl<'q, 'o> Response<'q, 'o> {
         }
     }
 
-    /// Answers from a configured node: the RRset of the asked type, HINFO for ANY,
-    /// and for NS the addresses of in-zone name servers as additional records.
+    /// Answers from a configured node: the RRset of the asked type, HINFO for ANY at a
+    /// name with data (an empty non-terminal has none: NODATA), and for NS the addresses
+    /// of in-zone name servers as additional records.
     fn node(&mut self, zone: &Zone, node: &Node, qtype: u16) {
         if qtype == TYPE_ANY {
-            return self.hinfo(zone);
+            if !node.rrsets.is_empty() {
+                self.hinfo(zone);
+            }
+            return;
         }
         let Some(set) = node.get(qtype) else { return };
         let mut targets = [0u16; 16];

@@ -272,11 +272,11 @@ fn any_gets_a_minimal_answer() {
         &ask("missing.auth.example.test.", RecordType::ANY),
         ResponseCode::NXDomain,
     );
-    // An account with no value pending has no data to stand for: NODATA.
-    assert_negative(
-        &ask("empty.auth.example.test.", RecordType::ANY),
-        ResponseCode::NoError,
-    );
+    // An account with no value pending, and an empty non-terminal (only
+    // deep.sub has records), have no data to stand for: NODATA.
+    for name in ["empty.auth.example.test.", "sub.auth.example.test."] {
+        assert_negative(&ask(name, RecordType::ANY), ResponseCode::NoError);
+    }
 }
 
 #[test]
