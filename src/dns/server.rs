@@ -26,7 +26,7 @@ use std::{
 
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
+    io::{AsyncRead, AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
     sync::{Notify, Semaphore},
 };
@@ -777,20 +777,8 @@ async fn accept_tcp(
             drop(stream);
             continue;
         };
-        let permit = match slots.clone().try_acquire_owned() {
-            Ok(permit) => permit,
-            Err(_) => {
-                // Full: close the connection idle longest; its slot comes back at once.
-                // If every connection is mid-answer, wait for one to finish.
-                if waiting.close_oldest() {
-                    debug!(%peer, "TCP connections at the limit; closed the one idle longest");
-                    metrics.tcp_closed(TcpClosed::Evicted);
-                }
-                let Ok(permit) = slots.clone().acquire_owned().await else {
-                    return;
-                };
-                permit
-            }
+        let Some(permit) = slot(slots, waiting, metrics).await else {
+            return;
         };
         let (zone, index, metrics, waiting) = (
             zone.clone(),
@@ -815,7 +803,34 @@ async fn accept_tcp(
     }
 }
 
-/// The TCP connections now waiting for their client (for a query, or the rest of one),
+/// A connection slot: a free one, else the one of the connection that has waited longest
+/// for its client, closed for it. None once the slots are closed.
+async fn slot(
+    slots: &Arc<Semaphore>,
+    waiting: &Waiting,
+    metrics: &DnsMetrics,
+) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    loop {
+        if let Ok(permit) = slots.clone().try_acquire_owned() {
+            return Some(permit);
+        }
+        if waiting.close_oldest() {
+            debug!("TCP connections at the limit; closed the one idle longest");
+            metrics.tcp_closed(TcpClosed::Evicted);
+            // It gives its slot back as soon as it sees the notice.
+            return slots.clone().acquire_owned().await.ok();
+        }
+        // Every connection is starting or computing an answer: one is back in the queue
+        // (or done) within moments.
+        match tokio::time::timeout(Duration::from_millis(20), slots.clone().acquire_owned()).await {
+            Ok(permit) => return permit.ok(),
+            Err(_) => continue,
+        }
+    }
+}
+
+/// The TCP connections now waiting for their client (for a query, the rest of one, or to
+/// read an answer),
 /// in the order they started waiting.
 #[derive(Default)]
 struct Waiting {
@@ -866,16 +881,13 @@ impl Connection<'_> {
         let mut packet = Vec::new();
         let mut out = Vec::new();
         let result = loop {
-            let ticket = self.waiting.enter(&close);
-            let read = tokio::select! {
-                read = tokio::time::timeout(self.idle, read_query(&mut stream, &mut packet)) => read,
-                () = close.notified() => break Ok(()),
-            };
-            self.waiting.leave(ticket);
+            let read = self
+                .for_client(&close, read_query(&mut stream, &mut packet))
+                .await;
             match read {
-                Err(_) | Ok(Ok(false)) => break Ok(()),
-                Ok(Err(e)) => break Err(e),
-                Ok(Ok(true)) => {}
+                None | Some(Ok(false)) => break Ok(()),
+                Some(Err(e)) => break Err(e),
+                Some(Ok(true)) => {}
             }
             let started = Instant::now();
             let answered = answer(&packet, self.zone, self.index, Transport::Tcp, &mut out);
@@ -889,27 +901,60 @@ impl Connection<'_> {
                 stream.write_all(&length).await?;
                 stream.write_all(&out).await
             };
-            match tokio::time::timeout(self.idle, write).await {
-                Err(_) => break Ok(()),
-                Ok(Err(e)) => break Err(e),
-                Ok(Ok(())) => {}
+            // A client that does not read its answers holds the connection as surely
+            // as one that sends nothing: it waits in the same queue.
+            match self.for_client(&close, write).await {
+                None => break Ok(()),
+                Some(Err(e)) => break Err(e),
+                Some(Ok(())) => {}
             }
         };
         local.flush();
         result
     }
+
+    /// Runs `io`, which waits on the client, from the waiting queue: None when it took
+    /// longer than the idle time or the connection was closed to make room for a new one.
+    async fn for_client<T>(
+        &self,
+        close: &Arc<Notify>,
+        io: impl std::future::Future<Output = T>,
+    ) -> Option<T> {
+        let ticket = self.waiting.enter(close);
+        let done = tokio::select! {
+            done = tokio::time::timeout(self.idle, io) => done.ok(),
+            () = close.notified() => None,
+        };
+        self.waiting.leave(ticket);
+        done
+    }
 }
 
 /// Reads one length-prefixed query into `packet`; false at a clean end of the stream.
-async fn read_query(stream: &mut TcpStream, packet: &mut Vec<u8>) -> io::Result<bool> {
+/// The buffer grows with the bytes that arrive, not with the length the client claims:
+/// a length prefix alone costs the server nothing.
+async fn read_query<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    packet: &mut Vec<u8>,
+) -> io::Result<bool> {
     let mut len = [0u8; 2];
     match stream.read_exact(&mut len).await {
         Ok(_) => {}
         Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(false),
         Err(e) => return Err(e),
     }
-    packet.resize(u16::from_be_bytes(len) as usize, 0);
-    stream.read_exact(packet).await?;
+    let len = u16::from_be_bytes(len) as usize;
+    packet.clear();
+    (&mut *stream).take(len as u64).read_to_end(packet).await?;
+    if packet.len() < len {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!(
+                "connection closed {} bytes into a {len}-byte query",
+                packet.len()
+            ),
+        ));
+    }
     Ok(true)
 }
 
@@ -1110,6 +1155,109 @@ mod tests {
         assert!(closed(&mut silent).await);
     }
 
+    #[tokio::test]
+    async fn a_claimed_length_alone_costs_no_buffer() {
+        let (mut client, mut server) = tokio::io::duplex(1024);
+        // The longest length a client may claim, then ten bytes of it.
+        client.write_all(&[0xff, 0xff]).await.unwrap();
+        client.write_all(&[0u8; 10]).await.unwrap();
+        let mut packet = Vec::new();
+        let read = tokio::time::timeout(
+            Duration::from_millis(200),
+            read_query(&mut server, &mut packet),
+        )
+        .await;
+        assert!(read.is_err(), "still waiting for the rest of the query");
+        assert!(
+            packet.capacity() < 1024,
+            "{} bytes held for 10 received",
+            packet.capacity()
+        );
+        // A client that goes away in the middle of a query is an error, not a query.
+        let (mut client, mut server) = tokio::io::duplex(1024);
+        client.write_all(&[0x00, 0x20]).await.unwrap();
+        client.write_all(&[0u8; 10]).await.unwrap();
+        drop(client);
+        let err = read_query(&mut server, &mut packet).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof, "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_client_that_does_not_read_its_answers_is_closed_for_a_new_one() {
+        let registry = Registry::new();
+        let settings = TcpSettings {
+            max_connections: 1,
+            max_per_source: usize::MAX,
+            idle: Duration::from_secs(60),
+        };
+        let addr = responder_with(settings, &registry).await;
+        // Pipelined queries whose answers it never reads: the server's writes block
+        // once the socket buffers are full, and so its reads of this connection.
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let stuck = socket.connect(addr).await.unwrap();
+        let (_unread, mut writer) = stuck.into_split();
+        let flood = tokio::spawn(async move {
+            let query = framed_query(9);
+            for _ in 0..200_000 {
+                if writer.write_all(&query).await.is_err() {
+                    break;
+                }
+            }
+        });
+        // Until the writer is blocked (the server stopped reading), or the flood ended.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+
+        let mut new = TcpStream::connect(addr).await.unwrap();
+        new.write_all(&framed_query(1)).await.unwrap();
+        let id = tokio::time::timeout(Duration::from_secs(5), answer_id(&mut new)).await;
+        assert_eq!(
+            id.expect("answered, not queued behind the stuck client")
+                .unwrap(),
+            1
+        );
+        assert_eq!(counted(&registry, "evicted"), 1);
+        flood.abort();
+    }
+
+    /// With about 1 100 idle connections open (more than the limit of 1 024, from many
+    /// sources), a new client is answered at once: the idle ones closed first.
+    #[tokio::test]
+    async fn a_new_query_is_answered_at_once_behind_1100_idle_connections() {
+        let registry = Registry::new();
+        let settings = TcpSettings {
+            // The real limits, with an idle time longer than the test.
+            idle: Duration::from_secs(120),
+            ..TCP_SETTINGS
+        };
+        let addr = responder_with(settings, &registry).await;
+        let mut idle = Vec::new();
+        for n in 0..1100 {
+            // 127.0.2.x: a source per 50, under the per-source limit.
+            let from = format!("127.0.2.{}", 1 + n / 50);
+            idle.push(connect_from(&from, addr).await);
+        }
+        let mut new = connect_from("127.0.3.1", addr).await;
+        new.write_all(&framed_query(5)).await.unwrap();
+        let id = tokio::time::timeout(Duration::from_secs(5), answer_id(&mut new)).await;
+        assert_eq!(
+            id.expect("answered before any idle time ran out").unwrap(),
+            5
+        );
+        // Each connection beyond the limit closed one idle connection, the oldest first.
+        let evicted = counted(&registry, "evicted");
+        assert_eq!(evicted, 1101 - TCP_MAX_CONNECTIONS as u64);
+        assert!(closed(&mut idle[0]).await, "the oldest is closed");
+        // Without waiting: an open connection has nothing to read yet.
+        let is_closed = |s: &TcpStream| !matches!(s.try_read(&mut [0u8; 1]), Err(e) if e.kind() == io::ErrorKind::WouldBlock);
+        let closed_now = idle.iter().filter(|s| is_closed(s)).count();
+        assert_eq!(closed_now as u64, evicted, "as many closed as counted");
+        // The newest idle connection is still served.
+        let last = idle.last_mut().unwrap();
+        last.write_all(&framed_query(6)).await.unwrap();
+        assert_eq!(answer_id(last).await.unwrap(), 6);
+    }
+
     /// The whole responder (UDP threads and TCP) bound to `addr`; its UDP threads stop
     /// when this is dropped.
     struct Responder {
@@ -1248,10 +1396,17 @@ mod tests {
     /// UDP and TCP as `serve` starts them, on 127.0.0.1 with one UDP thread; the UDP
     /// thread stops when the returned guard is dropped.
     async fn udp_and_tcp_responder(rrl: RrlConfig) -> (SocketAddr, StopOnDrop) {
+        udp_and_tcp_responder_counted(rrl, &Registry::new()).await
+    }
+
+    async fn udp_and_tcp_responder_counted(
+        rrl: RrlConfig,
+        registry: &Registry,
+    ) -> (SocketAddr, StopOnDrop) {
         let sockets = DnsSockets::bind("127.0.0.1:0".parse().unwrap(), 1).unwrap();
         let addr = sockets.local_addr;
         let zone = Arc::new(Zone::new(&ZoneConfig::new("auth.example.test")).unwrap());
-        let metrics = DnsMetrics::new(&Registry::new()).unwrap();
+        let metrics = DnsMetrics::new(registry).unwrap();
         let index = Arc::new(AccountIndex::new(1));
         let stop = Arc::new(AtomicBool::new(false));
         let tcp = sockets
@@ -1337,7 +1492,8 @@ mod tests {
             slip: 2,
             ..RrlConfig::DEFAULT
         };
-        let (addr, _stop) = udp_and_tcp_responder(rrl).await;
+        let registry = Registry::new();
+        let (addr, _stop) = udp_and_tcp_responder_counted(rrl, &registry).await;
         let limited = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
         limited.connect(addr).await.unwrap();
         // 127.0.0.0/8 is all loopback on Linux: 127.0.1.1 is another /24.
@@ -1375,6 +1531,30 @@ mod tests {
             truncated.len()
         );
         assert!(whole.len() + truncated.len() < 100, "some dropped");
+        // And counted: kube_acme_dns_rrl_responses_total{action}, flushed by the UDP
+        // thread once it has waited half a second for a query.
+        let rrl_counted = |action: &str| {
+            registry
+                .gather()
+                .iter()
+                .filter(|f| f.name() == "kube_acme_dns_rrl_responses_total")
+                .flat_map(|f| f.get_metric())
+                .filter(|m| m.get_label().iter().any(|l| l.value() == action))
+                .map(|m| m.get_counter().get_value() as usize)
+                .sum::<usize>()
+        };
+        let dropped = 100 - whole.len() - truncated.len();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while (rrl_counted("slipped"), rrl_counted("dropped")) != (truncated.len(), dropped)
+            && Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(
+            (rrl_counted("slipped"), rrl_counted("dropped")),
+            (truncated.len(), dropped),
+            "slipped and dropped answers counted"
+        );
 
         // Another /24 is answered as usual.
         assert_eq!(from_other.len(), 1);
