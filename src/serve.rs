@@ -85,8 +85,8 @@ pub struct ServeArgs {
 
     /// Seconds between SIGTERM and stopping: /readyz fails at once, so load balancers
     /// drop this replica, while DNS and every HTTP server keep answering until they
-    /// have. Then in-flight work drains and the process exits. The Helm chart gets the
-    /// same from a preStop sleep (shutdownDelaySeconds) and leaves this at 0.
+    /// have. Then in-flight work drains and the process exits. The Helm chart sets it
+    /// from shutdownDelaySeconds.
     #[arg(long, env = "KUBE_ACME_DNS_SHUTDOWN_DELAY", default_value_t = 0)]
     pub shutdown_delay: u64,
 

@@ -793,7 +793,7 @@ async fn chart_runs_on_the_node_and_answers_through_the_load_balancer() {
         .await;
         assert_eq!(answered, vec![key.to_string()], "{pod_name}");
     }
-    // The leader's lease outlives neither the pod nor the preStop delay plus the lease's
+    // The leader's lease outlives neither the pod nor the shutdown delay plus the lease's
     // duration (15 s) and one retry (5 s).
     assert!(
         takeover.0 < Duration::from_secs(30),
