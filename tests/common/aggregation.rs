@@ -16,6 +16,8 @@ pub struct Solver {
     pub ca: Ca,
     /// The name the serving certificate is for, as the aggregator checks it.
     pub server_name: String,
+    /// From starting `serve` until it reported ready.
+    pub ready_after: Duration,
 }
 
 /// Starts `serve` (watching every namespace, as the chart's ServiceAccount) with the
@@ -43,7 +45,7 @@ pub async fn start_solver(extra: &[&str]) -> Solver {
     ];
     args.extend_from_slice(extra);
     let serve = super::spawn_serve_all_namespaces(super::chart_identity_kubeconfig(), &args);
-    super::wait_ready(&serve).await;
+    let ready_after = super::wait_ready(&serve).await;
 
     let rendered = super::render_chart(&["--show-only", "templates/apiservice.yaml"]);
     let mut apiservice: Value = serde_yaml::from_str(&rendered).unwrap();
@@ -100,6 +102,7 @@ pub async fn start_solver(extra: &[&str]) -> Solver {
         webhook,
         ca,
         server_name,
+        ready_after,
     }
 }
 

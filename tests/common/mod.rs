@@ -315,6 +315,8 @@ pub struct Serve {
     pub child: tokio::process::Child,
     pub dns: std::net::SocketAddr,
     pub metrics: std::net::SocketAddr,
+    /// When the process was started.
+    pub started: std::time::Instant,
 }
 
 /// Starts `serve` with the chart's ServiceAccount, watching one namespace, on free
@@ -352,7 +354,10 @@ fn spawn(kubeconfig: std::path::PathBuf, extra: &[&str]) -> Serve {
         format!("127.0.0.1:{}", ports[0]).parse().unwrap(),
         format!("127.0.0.1:{}", ports[1]).parse().unwrap(),
     );
-    let child = tokio::process::Command::new(BIN)
+    let started = std::time::Instant::now();
+    // Benchmarks may measure another build (KAD_SERVE_BIN), e.g. to compare two.
+    let bin = std::env::var("KAD_SERVE_BIN").unwrap_or_else(|_| BIN.to_string());
+    let child = tokio::process::Command::new(bin)
         .args(["serve", "--zone", "auth.example.test"])
         .args(["--dns-addr", &dns.to_string()])
         .args(["--metrics-addr", &metrics.to_string()])
@@ -377,6 +382,7 @@ fn spawn(kubeconfig: std::path::PathBuf, extra: &[&str]) -> Serve {
         child,
         dns,
         metrics,
+        started,
     }
 }
 
@@ -419,12 +425,13 @@ pub fn metric(body: &str, name: &str) -> Option<f64> {
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
-/// Waits until `serve` reports ready.
-pub async fn wait_ready(serve: &Serve) {
-    eventually("serve ready", Duration::from_secs(30), || async {
+/// Waits until `serve` reports ready; how long after its start that was.
+pub async fn wait_ready(serve: &Serve) -> Duration {
+    eventually("serve ready", Duration::from_secs(120), || async {
         (http_get(serve.metrics, "/readyz").await?.0 == 200).then_some(())
     })
     .await;
+    serve.started.elapsed()
 }
 
 /// The reasons of every Event recorded in `namespace`, space-separated.
