@@ -17,7 +17,7 @@ use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 use kube_acme_dns::{
     api::{AcmeDnsAccount, AcmeDnsAccountSpec, AcmeDnsAccountStatus, DnsLabel, TxtValue},
     dns::{Zone, ZoneConfig, metrics::DnsMetrics, rrl::RrlConfig, server::DnsSockets},
-    index::AccountIndex,
+    index::{self, AccountIndex},
 };
 
 #[derive(Parser)]
@@ -47,6 +47,8 @@ async fn main() -> anyhow::Result<()> {
     index.reset(&accounts);
     eprintln!("memory with the accounts indexed: {}", memory());
     drop(accounts);
+    // As the account watch does after a re-list.
+    index::release_freed_memory();
     eprintln!("indexed {} names in {:?}", args.names, started.elapsed());
     eprintln!("memory with the accounts dropped: {}", memory());
 
