@@ -47,10 +47,16 @@ async fn main() -> anyhow::Result<()> {
     index.reset(&accounts);
     eprintln!("memory with the accounts indexed: {}", memory());
     drop(accounts);
-    // As the account watch does after a re-list.
-    index::release_freed_memory();
     eprintln!("indexed {} names in {:?}", args.names, started.elapsed());
     eprintln!("memory with the accounts dropped: {}", memory());
+    // As the account watch does after a re-list.
+    let trimming = std::time::Instant::now();
+    index::release_freed_memory();
+    eprintln!(
+        "memory after releasing freed memory ({:?}): {}",
+        trimming.elapsed(),
+        memory()
+    );
 
     let threads = match args.threads {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
