@@ -17,7 +17,7 @@ use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 use kube_acme_dns::{
     api::{AcmeDnsAccount, AcmeDnsAccountSpec, AcmeDnsAccountStatus, DnsLabel, TxtValue},
     dns::{Zone, ZoneConfig, metrics::DnsMetrics, rrl::RrlConfig, server::DnsSockets},
-    index::AccountIndex,
+    index::{self, AccountIndex},
 };
 
 #[derive(Parser)]
@@ -40,11 +40,23 @@ async fn main() -> anyhow::Result<()> {
     config.nameserver_addresses = vec!["127.0.0.1".parse()?];
     let zone = Arc::new(Zone::new(&config)?);
     let index = Arc::new(AccountIndex::new(1));
+    eprintln!("memory at start: {}", memory());
     let started = std::time::Instant::now();
     let accounts: Vec<AcmeDnsAccount> = (0..args.names).map(synthetic_account).collect();
+    eprintln!("memory with the accounts built: {}", memory());
     index.reset(&accounts);
+    eprintln!("memory with the accounts indexed: {}", memory());
     drop(accounts);
     eprintln!("indexed {} names in {:?}", args.names, started.elapsed());
+    eprintln!("memory with the accounts dropped: {}", memory());
+    // As the account watch does after a re-list.
+    let trimming = std::time::Instant::now();
+    index::release_freed_memory();
+    eprintln!(
+        "memory after releasing freed memory ({:?}): {}",
+        trimming.elapsed(),
+        memory()
+    );
 
     let threads = match args.threads {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -55,6 +67,7 @@ async fn main() -> anyhow::Result<()> {
         "answering on {} with {threads} UDP threads",
         sockets.local_addr
     );
+    eprintln!("memory serving: {}", memory());
     let registry = prometheus::Registry::new();
     let tcp = sockets.serve(
         zone,
@@ -85,4 +98,36 @@ fn synthetic_account(i: usize) -> AcmeDnsAccount {
         ..Default::default()
     });
     account
+}
+
+/// Heap in use and held free by the allocator, next to the resident set, so a benchmark
+/// log shows where memory goes (the allocator's counters exist only with glibc).
+fn memory() -> String {
+    let rss = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .map(|l| l["VmRSS:".len()..].trim().to_owned())
+        })
+        .unwrap_or_else(|| "?".into());
+    format!("RSS {rss}{}", heap())
+}
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn heap() -> String {
+    // SAFETY: mallinfo2 only reads the allocator's counters.
+    let m = unsafe { libc::mallinfo2() };
+    let mib = |b: usize| b as f64 / (1024.0 * 1024.0);
+    format!(
+        ", heap in use {:.1} MiB (mmapped {:.1}), held free {:.1} MiB",
+        mib(m.uordblks + m.hblkhd),
+        mib(m.hblkhd),
+        mib(m.fordblks)
+    )
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn heap() -> String {
+    String::new()
 }

@@ -27,7 +27,7 @@ use tracing::{info, warn};
 
 use crate::{
     api::AcmeDnsAccount,
-    index::{AccountIndex, AccountKey},
+    index::{self, AccountIndex, AccountKey},
 };
 
 /// Changed accounts queued for a slow controller before it is told to re-read them all.
@@ -174,6 +174,7 @@ async fn feed(
                 }
                 on_synced(relist.len());
                 relist = Vec::new();
+                index::release_freed_memory();
             }
         }
     }

@@ -97,11 +97,22 @@ pub struct AccountKey {
 
 impl AccountKey {
     pub fn of(account: &AcmeDnsAccount) -> Self {
+        let (namespace, name) = key_of(account);
         Self {
-            namespace: account.namespace().unwrap_or_default(),
-            name: account.name_any(),
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
         }
     }
+}
+
+/// `namespace` and name of an account as [`AccountKey::of`] takes them, borrowed.
+fn key_of(account: &AcmeDnsAccount) -> (&str, &str) {
+    let meta = &account.metadata;
+    let name = meta.name.as_deref().or(meta.generate_name.as_deref());
+    (
+        meta.namespace.as_deref().unwrap_or_default(),
+        name.unwrap_or_default(),
+    )
 }
 
 impl std::fmt::Display for AccountKey {
@@ -113,37 +124,71 @@ impl std::fmt::Display for AccountKey {
 /// What the responder serves for one account's name.
 #[derive(Debug)]
 pub struct ServedName {
-    pub account: AccountKey,
+    /// One allocation per account, shared with the writer's records of it.
+    pub account: Arc<AccountKey>,
     /// The TXT values as answer records, copied by the responder as they are.
     pub txt: EncodedRrset,
+    /// Where it is served. Kept here, and not as the key of the readers' map, so the
+    /// map's entries hold two pointers instead of a 64-byte label.
+    label: Label,
+}
+
+/// A served name as the key of the readers' map: it is found by its label.
+struct Published(Arc<ServedName>);
+
+impl std::borrow::Borrow<Label> for Published {
+    fn borrow(&self) -> &Label {
+        &self.0.label
+    }
+}
+impl PartialEq for Published {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.label == other.0.label
+    }
+}
+impl Eq for Published {}
+impl Hash for Published {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.0.label.hash(state);
+    }
 }
 
 /// Order in which claims on one label are decided: oldest first, then by name.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 struct Claim {
     created: Option<Timestamp>,
-    account: AccountKey,
+    account: Arc<AccountKey>,
 }
 
 struct Entry {
     /// The resourceVersions applied for this account, newest last, so a writer can wait
     /// until the watch has delivered what it wrote (see [`AccountIndex::wait_for`]).
     versions: VecDeque<Box<str>>,
-    label: Option<Label>,
-    claim: Claim,
+    created: Option<Timestamp>,
     domains: Vec<String>,
-    served: Arc<ServedName>,
+    /// What the account would serve, if it has a label; it claims that label.
+    served: Option<Arc<ServedName>>,
 }
 
 #[derive(Default)]
 struct WriterState {
-    accounts: HashMap<AccountKey, Entry>,
-    /// Label → accounts claiming it, oldest first (almost always exactly one, so a
-    /// sorted Vec: a BTreeMap node would cost ~700 bytes per label).
-    claims: HashMap<Label, Vec<Claim>>,
+    accounts: HashMap<Arc<AccountKey>, Entry>,
+    /// Labels claimed by more than one account → their claims, oldest first. A label
+    /// with one claimant is not here: that claimant is the account published at it, so
+    /// the common case costs no second map entry and no second copy of the label.
+    contested: HashMap<Label, Vec<Claim>>,
     /// `spec.domains` (lowercase) → accounts listing it, oldest first, for the
     /// webhook's lookup.
     domains: HashMap<String, Vec<Claim>>,
+}
+
+impl WriterState {
+    fn claim_of(&self, account: &Arc<AccountKey>) -> Option<Claim> {
+        self.accounts.get(account).map(|e| Claim {
+            created: e.created,
+            account: account.clone(),
+        })
+    }
 }
 
 /// Inserts `claim` keeping the list sorted and free of duplicates.
@@ -159,7 +204,10 @@ const VERSIONS_KEPT: usize = 4;
 
 pub struct AccountIndex {
     txt_ttl: u32,
-    served: papaya::HashMap<Label, Arc<ServedName>>,
+    /// The served name of every claimed label, keyed by the label inside it. The value
+    /// is the same record as the key, so an answer never depends on which of two equal
+    /// keys the map keeps on a replacement.
+    served: papaya::HashMap<Published, Arc<ServedName>>,
     writer: Mutex<WriterState>,
     /// Bumped after every change, to wake writers waiting for their version.
     changed: tokio::sync::watch::Sender<u64>,
@@ -239,14 +287,15 @@ impl AccountIndex {
     /// what changed so answers for unchanged accounts never disappear in between.
     pub fn reset(&self, accounts: &[AcmeDnsAccount]) {
         let mut state = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        let keep: std::collections::HashSet<AccountKey> =
-            accounts.iter().map(AccountKey::of).collect();
-        let gone: Vec<AccountKey> = state
+        // Borrowed, so a large re-list costs no second copy of every key.
+        let keep: std::collections::HashSet<(&str, &str)> = accounts.iter().map(key_of).collect();
+        let gone: Vec<Arc<AccountKey>> = state
             .accounts
             .keys()
-            .filter(|k| !keep.contains(*k))
+            .filter(|k| !keep.contains(&(k.namespace.as_str(), k.name.as_str())))
             .cloned()
             .collect();
+        drop(keep);
         for key in gone {
             self.remove_locked(&mut state, &key);
         }
@@ -261,11 +310,10 @@ impl AccountIndex {
     /// controller uses this to report collisions.
     pub fn claimants(&self, label: &Label) -> Vec<AccountKey> {
         let state = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        state
-            .claims
-            .get(label)
-            .map(|c| c.iter().map(|claim| claim.account.clone()).collect())
-            .unwrap_or_default()
+        match state.contested.get(label) {
+            Some(claims) => claims.iter().map(|c| (*c.account).clone()).collect(),
+            None => self.account_for_label(label).into_iter().collect(),
+        }
     }
 
     /// Accounts whose `spec.domains` lists `domain`, oldest first.
@@ -275,13 +323,13 @@ impl AccountIndex {
         state
             .domains
             .get(&domain)
-            .map(|c| c.iter().map(|claim| claim.account.clone()).collect())
+            .map(|c| c.iter().map(|claim| (*claim.account).clone()).collect())
             .unwrap_or_default()
     }
 
     /// The account served at `label`, if any.
     pub fn account_for_label(&self, label: &Label) -> Option<AccountKey> {
-        self.lookup(label).map(|served| served.account.clone())
+        self.with_served(label, |served| (*served.account).clone())
     }
 
     /// Accounts known, names served, TXT values served.
@@ -294,6 +342,11 @@ impl AccountIndex {
 
     fn apply_locked(&self, state: &mut WriterState, account: &AcmeDnsAccount) {
         let key = AccountKey::of(account);
+        // The key already known is shared, not kept twice.
+        let key = match state.accounts.get_key_value(&key) {
+            Some((known, _)) => known.clone(),
+            None => Arc::new(key),
+        };
         // The watch is the only writer and delivers events in order, so what arrives
         // last is the newest state: no comparing of resourceVersions, which are opaque.
         let mut versions = state
@@ -317,14 +370,17 @@ impl AccountIndex {
             created: account.creation_timestamp().map(|t| t.0),
             account: key.clone(),
         };
-        let served = Arc::new(ServedName {
-            account: key.clone(),
-            txt: wire::encode_txt_rrset(
-                status
-                    .into_iter()
-                    .flat_map(|s| s.txt.iter().map(|t| t.value.as_str())),
-                self.txt_ttl,
-            ),
+        let served = label.map(|label| {
+            Arc::new(ServedName {
+                account: key.clone(),
+                txt: wire::encode_txt_rrset(
+                    status
+                        .into_iter()
+                        .flat_map(|s| s.txt.iter().map(|t| t.value.as_str())),
+                    self.txt_ttl,
+                ),
+                label,
+            })
         });
 
         let mut domains: Vec<String> = account
@@ -335,72 +391,134 @@ impl AccountIndex {
             .collect();
         domains.sort();
         domains.dedup();
+        domains.shrink_to_fit();
         for domain in &domains {
-            add_claim(
-                state.domains.entry(domain.clone()).or_default(),
-                claim.clone(),
-            );
+            // Room for one: a domain is almost always listed by a single account, and
+            // the first push would otherwise reserve four.
+            let claims = state
+                .domains
+                .entry(domain.clone())
+                .or_insert_with(|| Vec::with_capacity(1));
+            add_claim(claims, claim.clone());
         }
         let previous = state.accounts.insert(
             key.clone(),
             Entry {
                 versions,
-                label,
-                claim: claim.clone(),
+                created: claim.created,
                 domains,
                 served,
             },
         );
-        if let Some(old) = &previous {
+        let old_claim = previous.as_ref().map(|old| Claim {
+            created: old.created,
+            account: key.clone(),
+        });
+        if let (Some(old), Some(old_claim)) = (&previous, &old_claim) {
             let current = &state.accounts[&key].domains;
             let stale: Vec<String> = old
                 .domains
                 .iter()
-                .filter(|d| !current.contains(d) || old.claim != claim)
+                .filter(|d| !current.contains(d) || *old_claim != claim)
                 .cloned()
                 .collect();
             // The new claims are in already; drop the old ones no longer true.
             for domain in stale {
-                release_domain(state, &domain, &old.claim);
+                release_domain(state, &domain, old_claim);
             }
         }
         if let Some(old) = previous
-            && let Some(old_label) = old.label
-            && (Some(old_label) != label || old.claim != claim)
+            && let Some(old_label) = old.served.as_ref().map(|s| s.label)
+            && let Some(old_claim) = old_claim
+            && (Some(old_label) != label || old_claim != claim)
         {
-            release_claim(state, &old_label, &old.claim);
-            self.publish(state, &old_label);
+            self.release_label(state, &old_label, &old_claim);
         }
         if let Some(label) = label {
-            add_claim(state.claims.entry(label).or_default(), claim);
-            self.publish(state, &label);
+            self.claim_label(state, &label, claim);
         }
     }
 
     fn remove_locked(&self, state: &mut WriterState, key: &AccountKey) {
-        let Some(old) = state.accounts.remove(key) else {
+        let Some((key, old)) = state.accounts.remove_entry(key) else {
             return;
         };
+        let claim = Claim {
+            created: old.created,
+            account: key,
+        };
         for domain in &old.domains {
-            release_domain(state, domain, &old.claim);
+            release_domain(state, domain, &claim);
         }
-        if let Some(label) = old.label {
-            release_claim(state, &label, &old.claim);
-            self.publish(state, &label);
+        if let Some(served) = &old.served {
+            self.release_label(state, &served.label, &claim);
         }
     }
 
-    /// Makes the readers see the current winner of `label`, or nothing.
-    fn publish(&self, state: &WriterState, label: &Label) {
+    /// Records `claim` (whose account is in `state.accounts` already, with this label)
+    /// on `label` and publishes the label's winner.
+    fn claim_label(&self, state: &mut WriterState, label: &Label, claim: Claim) {
+        if let Some(claims) = state.contested.get_mut(label) {
+            add_claim(claims, claim);
+        } else {
+            let holder = self
+                .served
+                .pin()
+                .get(label)
+                .map(|served| served.account.clone());
+            if let Some(holder) = holder
+                && holder != claim.account
+                && let Some(held) = state.claim_of(&holder)
+            {
+                let mut claims = vec![held];
+                add_claim(&mut claims, claim);
+                state.contested.insert(*label, claims);
+            } else {
+                // The only claimant: publish it without going through `contested`.
+                return self.publish(state, label, &claim.account);
+            }
+        }
+        let winner = state.contested[label][0].account.clone();
+        self.publish(state, label, &winner);
+    }
+
+    /// Takes `claim` off `label`, and publishes whoever holds it now, or nothing.
+    fn release_label(&self, state: &mut WriterState, label: &Label, claim: &Claim) {
+        if let Some(claims) = state.contested.get_mut(label) {
+            claims.retain(|c| c != claim);
+            let Some(winner) = claims.first().map(|c| c.account.clone()) else {
+                state.contested.remove(label);
+                self.served.pin().remove(label);
+                return;
+            };
+            // A single claimant left is served without a `contested` entry.
+            if claims.len() == 1 {
+                state.contested.remove(label);
+            }
+            self.publish(state, label, &winner);
+        } else {
+            let served = self.served.pin();
+            if served
+                .get(label)
+                .is_some_and(|held| held.account == claim.account)
+            {
+                served.remove(label);
+            }
+        }
+    }
+
+    /// Makes the readers see what `account` serves at `label`, or nothing if it serves
+    /// nothing there.
+    fn publish(&self, state: &WriterState, label: &Label, account: &AccountKey) {
         let winner = state
-            .claims
-            .get(label)
-            .and_then(|claims| claims.first())
-            .and_then(|claim| state.accounts.get(&claim.account));
+            .accounts
+            .get(account)
+            .and_then(|e| e.served.as_ref())
+            .filter(|s| s.label == *label);
         let served = self.served.pin();
         match winner {
-            Some(entry) => {
-                served.insert(*label, entry.served.clone());
+            Some(winner) => {
+                served.insert(Published(winner.clone()), winner.clone());
             }
             None => {
                 served.remove(label);
@@ -418,12 +536,16 @@ fn release_domain(state: &mut WriterState, domain: &str, claim: &Claim) {
     }
 }
 
-fn release_claim(state: &mut WriterState, label: &Label, claim: &Claim) {
-    if let Some(claims) = state.claims.get_mut(label) {
-        claims.retain(|c| c != claim);
-        if claims.is_empty() {
-            state.claims.remove(label);
-        }
+/// Hands memory the allocator holds free back to the system. Call it after a large
+/// [`AccountIndex::reset`] once the listed objects are dropped: they were allocated
+/// before the index's own records, which now sit above them, so glibc keeps their pages
+/// (it only returns the top of its heap by itself) and the process would stay at its
+/// peak for good. Takes a few milliseconds per 100 MB of heap.
+pub fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks the allocator's own free lists, under its locks.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 

@@ -98,6 +98,81 @@ fn on_a_collision_the_oldest_account_is_served_and_the_next_takes_over() {
     assert_eq!(served(&index, "shared"), Some(("younger".into(), 1)));
 }
 
+fn claimants(index: &AccountIndex, label: &str) -> Vec<String> {
+    index
+        .claimants(&Label::new(label.as_bytes()).unwrap())
+        .into_iter()
+        .map(|k| k.name)
+        .collect()
+}
+
+#[test]
+fn a_label_with_one_claimant_names_it_and_an_unclaimed_one_nobody() {
+    let index = AccountIndex::new(1);
+    index.apply(&account("a", 1, Some("abc"), &["v"]));
+    assert_eq!(claimants(&index, "abc"), ["a"]);
+    assert!(claimants(&index, "other").is_empty());
+    index.apply(&account("a", 1, None, &["v"]));
+    assert!(claimants(&index, "abc").is_empty());
+    assert_eq!(served(&index, "abc"), None);
+}
+
+#[test]
+fn three_claimants_take_over_in_age_order_whoever_leaves() {
+    let index = AccountIndex::new(1);
+    index.apply(&account("c", 30, Some("shared"), &["c"]));
+    index.apply(&account("a", 10, Some("shared"), &["a"]));
+    index.apply(&account("b", 20, Some("shared"), &["b"]));
+    assert_eq!(claimants(&index, "shared"), ["a", "b", "c"]);
+    assert_eq!(served(&index, "shared"), Some(("a".into(), 1)));
+    // A claimant that is not served leaving changes nothing served.
+    index.apply(&account("b", 20, Some("elsewhere"), &["b"]));
+    assert_eq!(claimants(&index, "shared"), ["a", "c"]);
+    assert_eq!(served(&index, "shared"), Some(("a".into(), 1)));
+    assert_eq!(served(&index, "elsewhere"), Some(("b".into(), 1)));
+    // The served one moving away hands the label to the next.
+    index.apply(&account("a", 10, Some("moved"), &["a"]));
+    assert_eq!(claimants(&index, "shared"), ["c"]);
+    assert_eq!(served(&index, "shared"), Some(("c".into(), 1)));
+    // Coming back, the older one takes the label again.
+    index.apply(&account("a", 10, Some("shared"), &["a", "a2"]));
+    assert_eq!(claimants(&index, "shared"), ["a", "c"]);
+    assert_eq!(served(&index, "shared"), Some(("a".into(), 2)));
+    assert_eq!(served(&index, "moved"), None);
+    index.delete(&account("c", 30, None, &[]));
+    assert_eq!(claimants(&index, "shared"), ["a"]);
+    index.delete(&account("a", 10, None, &[]));
+    assert!(claimants(&index, "shared").is_empty());
+    assert_eq!(served(&index, "shared"), None);
+    assert_eq!(index.counts(), (1, 1, 1));
+}
+
+#[test]
+fn a_claim_whose_age_changes_is_ordered_again() {
+    let index = AccountIndex::new(1);
+    index.apply(&account("a", 10, Some("shared"), &["a"]));
+    index.apply(&account("b", 20, Some("shared"), &["b"]));
+    index.apply(&account("a", 30, Some("shared"), &["a"]));
+    assert_eq!(claimants(&index, "shared"), ["b", "a"]);
+    assert_eq!(served(&index, "shared"), Some(("b".into(), 1)));
+    // Alone on its label, an account whose age changes stays served.
+    index.apply(&account("c", 1, Some("alone"), &["c"]));
+    index.apply(&account("c", 2, Some("alone"), &["c", "d"]));
+    assert_eq!(claimants(&index, "alone"), ["c"]);
+    assert_eq!(served(&index, "alone"), Some(("c".into(), 2)));
+}
+
+#[test]
+fn a_reset_to_nothing_empties_the_index() {
+    let index = AccountIndex::new(1);
+    index.apply(&account("a", 10, Some("shared"), &["a"]));
+    index.apply(&account("b", 20, Some("shared"), &["b"]));
+    index.apply(&account("c", 20, Some("own"), &["c"]));
+    index.reset(&[]);
+    assert_eq!(index.counts(), (0, 0, 0));
+    assert!(claimants(&index, "shared").is_empty());
+}
+
 #[test]
 fn reset_keeps_unchanged_accounts_and_drops_vanished_ones() {
     let index = AccountIndex::new(1);
