@@ -122,8 +122,13 @@ pub fn watch(
     let config = watcher::Config::default().list_semantic(watcher::ListSemantic::MostRecent);
     let events = watcher(accounts, config)
         .backoff(WatchBackoff::new())
-        // Nobody reads the field managers; dropping them saves most of each object.
-        .modify(|account| account.meta_mut().managed_fields = None);
+        // Nobody reads the field managers or the annotations (where `kubectl apply` keeps
+        // a whole copy of the object); dropping them saves most of each object.
+        .modify(|account| {
+            let meta = account.meta_mut();
+            meta.managed_fields = None;
+            meta.annotations = None;
+        });
     let run = feed(events, writer, store, changes, index, on_synced);
     (shared, run)
 }
@@ -137,7 +142,9 @@ async fn feed(
     on_synced: impl Fn(usize) + Send,
 ) {
     let mut events = std::pin::pin!(events);
-    let mut relist: Vec<AcmeDnsAccount> = Vec::new();
+    // A (re-)list in progress: applied to the index account by account, so it is never
+    // held whole a second time beside the store's own copy.
+    let mut relist = None;
     let stored = |account: &AcmeDnsAccount| store.get(&ObjectRef::from_obj(account));
     while let Some(event) = events.next().await {
         let event = match event {
@@ -160,20 +167,22 @@ async fn feed(
                 info!(account = %AccountKey::of(&account), "account deleted");
                 index.delete(&account);
             }
-            watcher::Event::Init => relist.clear(),
-            watcher::Event::InitApply(account) => relist.push(account),
+            // A list that failed half-way is started over; what it applied stays, and
+            // the next one to finish removes what is gone.
+            watcher::Event::Init => relist = Some(index.relist()),
+            watcher::Event::InitApply(account) => {
+                relist.get_or_insert_with(|| index.relist()).apply(&account);
+            }
             watcher::Event::InitDone => {
-                index.reset(&relist);
-                // Whatever changed while the watch was down is in the re-list.
+                let listed = relist.take().map_or(0, |r| r.finish());
+                // Whatever changed while the watch was down is in the re-list, and the
+                // store holds it now.
                 if changes.receiver_count() > 0 {
-                    for account in &relist {
-                        if let Some(account) = stored(account) {
-                            let _ = changes.send(account);
-                        }
+                    for account in store.state() {
+                        let _ = changes.send(account);
                     }
                 }
-                on_synced(relist.len());
-                relist = Vec::new();
+                on_synced(listed);
                 index::release_freed_memory();
             }
         }

@@ -283,27 +283,24 @@ impl AccountIndex {
         tokio::time::timeout(bound, seen).await.is_ok()
     }
 
-    /// Replaces the whole content with `accounts` (after a watch re-list), touching only
-    /// what changed so answers for unchanged accounts never disappear in between.
+    /// Replaces the whole content with `accounts`, touching only what changed so answers
+    /// for unchanged accounts never disappear in between.
     pub fn reset(&self, accounts: &[AcmeDnsAccount]) {
-        let mut state = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        // Borrowed, so a large re-list costs no second copy of every key.
-        let keep: std::collections::HashSet<(&str, &str)> = accounts.iter().map(key_of).collect();
-        let gone: Vec<Arc<AccountKey>> = state
-            .accounts
-            .keys()
-            .filter(|k| !keep.contains(&(k.namespace.as_str(), k.name.as_str())))
-            .cloned()
-            .collect();
-        drop(keep);
-        for key in gone {
-            self.remove_locked(&mut state, &key);
-        }
+        let mut relist = self.relist();
         for account in accounts {
-            self.apply_locked(&mut state, account);
+            relist.apply(account);
         }
-        drop(state);
-        self.changed.send_modify(|n| *n += 1);
+        relist.finish();
+    }
+
+    /// Starts applying a watch re-list: each listed account as it arrives, then, at
+    /// [`Relist::finish`], every account the list did not hold is removed. Unchanged
+    /// accounts are answered throughout, and the list never has to be held whole.
+    pub fn relist(&self) -> Relist<'_> {
+        Relist {
+            index: self,
+            listed: std::collections::HashSet::new(),
+        }
     }
 
     /// The account served at `label`, and every other account claiming it. The
@@ -340,7 +337,8 @@ impl AccountIndex {
         (state.accounts.len(), served.len(), txt)
     }
 
-    fn apply_locked(&self, state: &mut WriterState, account: &AcmeDnsAccount) {
+    /// Applies `account`; returns its key as the index holds it.
+    fn apply_locked(&self, state: &mut WriterState, account: &AcmeDnsAccount) -> Arc<AccountKey> {
         let key = AccountKey::of(account);
         // The key already known is shared, not kept twice.
         let key = match state.accounts.get_key_value(&key) {
@@ -437,6 +435,7 @@ impl AccountIndex {
         if let Some(label) = label {
             self.claim_label(state, &label, claim);
         }
+        key
     }
 
     fn remove_locked(&self, state: &mut WriterState, key: &AccountKey) {
@@ -533,6 +532,41 @@ fn release_domain(state: &mut WriterState, domain: &str, claim: &Claim) {
         if claims.is_empty() {
             state.domains.remove(domain);
         }
+    }
+}
+
+/// A re-list being applied (see [`AccountIndex::relist`]).
+pub struct Relist<'a> {
+    index: &'a AccountIndex,
+    /// The accounts listed so far, as the index holds their keys (no copies).
+    listed: std::collections::HashSet<Arc<AccountKey>>,
+}
+
+impl Relist<'_> {
+    /// Adds or updates a listed account.
+    pub fn apply(&mut self, account: &AcmeDnsAccount) {
+        let mut state = self.index.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let key = self.index.apply_locked(&mut state, account);
+        drop(state);
+        self.listed.insert(key);
+        self.index.changed.send_modify(|n| *n += 1);
+    }
+
+    /// Removes every account the re-list did not hold; returns how many it held.
+    pub fn finish(self) -> usize {
+        let mut state = self.index.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let gone: Vec<Arc<AccountKey>> = state
+            .accounts
+            .keys()
+            .filter(|k| !self.listed.contains(*k))
+            .cloned()
+            .collect();
+        for key in gone {
+            self.index.remove_locked(&mut state, &key);
+        }
+        drop(state);
+        self.index.changed.send_modify(|n| *n += 1);
+        self.listed.len()
     }
 }
 
