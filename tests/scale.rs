@@ -98,7 +98,8 @@ impl Xorshift {
 /// one domain, and holding one TXT value in its status (written as the webhook would).
 async fn make_accounts(admin: &Client, namespace: &str, n: usize) -> Duration {
     let namespaces: Api<Namespace> = Api::all(admin.clone());
-    let ns: Namespace = serde_json::from_value(json!({ "metadata": { "name": namespace } })).unwrap();
+    let ns: Namespace =
+        serde_json::from_value(json!({ "metadata": { "name": namespace } })).unwrap();
     match namespaces.create(&PostParams::default(), &ns).await {
         Ok(_) => {}
         Err(kube::Error::Api(e)) if e.code == 409 => {}
@@ -108,7 +109,10 @@ async fn make_accounts(admin: &Client, namespace: &str, n: usize) -> Duration {
     let mut existing = HashSet::new();
     let mut params = ListParams::default().limit(5000);
     loop {
-        let page = accounts.list_metadata(&params).await.expect("list accounts");
+        let page = accounts
+            .list_metadata(&params)
+            .await
+            .expect("list accounts");
         existing.extend(page.items.into_iter().filter_map(|a| a.metadata.name));
         match page.metadata.continue_ {
             Some(token) if !token.is_empty() => params = params.continue_token(&token),
@@ -131,10 +135,7 @@ async fn make_accounts(admin: &Client, namespace: &str, n: usize) -> Duration {
         async move {
             loop {
                 tokio::time::sleep(Duration::from_secs(15)).await;
-                eprintln!(
-                    "[scale]   {} of {total} made",
-                    done.load(Ordering::Relaxed)
-                );
+                eprintln!("[scale]   {} of {total} made", done.load(Ordering::Relaxed));
             }
         }
     });
@@ -186,8 +187,12 @@ async fn wait_all_served(metrics: SocketAddr, n: usize, within: Duration) -> Dur
     let started = Instant::now();
     let mut last_print = Instant::now();
     loop {
-        let names = gauge(metrics, "kube_acme_dns_served_names").await.unwrap_or(0.0) as usize;
-        let txt = gauge(metrics, "kube_acme_dns_txt_values").await.unwrap_or(0.0) as usize;
+        let names = gauge(metrics, "kube_acme_dns_served_names")
+            .await
+            .unwrap_or(0.0) as usize;
+        let txt = gauge(metrics, "kube_acme_dns_txt_values")
+            .await
+            .unwrap_or(0.0) as usize;
         if names >= n && txt >= n {
             return started.elapsed();
         }
@@ -222,7 +227,13 @@ fn pid(serve: &common::Serve) -> u32 {
 }
 
 /// A webhook call through kube-apiserver, as cert-manager makes it.
-async fn solve(client: &Client, action: &str, i: usize, namespace: &str, key: &str) -> Result<(), String> {
+async fn solve(
+    client: &Client,
+    action: &str,
+    i: usize,
+    namespace: &str,
+    key: &str,
+) -> Result<(), String> {
     let body = json!({
         "request": {
             "uid": "", "action": action, "type": "dns-01",
@@ -244,7 +255,11 @@ async fn solve(client: &Client, action: &str, i: usize, namespace: &str, key: &s
     if reply["response"]["success"] == json!(true) {
         Ok(())
     } else {
-        Err(format!("{action} {}: {}", domain(i), reply["response"]["status"]["message"]))
+        Err(format!(
+            "{action} {}: {}",
+            domain(i),
+            reply["response"]["status"]["message"]
+        ))
     }
 }
 
@@ -259,14 +274,21 @@ async fn answers(socket: &UdpSocket, server: SocketAddr, name: &str, value: &str
     }
     let mut reply = [0u8; 4096];
     match tokio::time::timeout(Duration::from_millis(500), socket.recv_from(&mut reply)).await {
-        Ok(Ok((n, _))) => reply[..n].windows(value.len()).any(|w| w == value.as_bytes()),
+        Ok(Ok((n, _))) => reply[..n]
+            .windows(value.len())
+            .any(|w| w == value.as_bytes()),
         _ => false,
     }
 }
 
 /// Polls `server` every 2 ms until it answers `value`: the time since `since`, or
 /// `None` after 30 s.
-async fn answered_after(server: SocketAddr, name: String, value: String, since: Instant) -> Option<Duration> {
+async fn answered_after(
+    server: SocketAddr,
+    name: String,
+    value: String,
+    since: Instant,
+) -> Option<Duration> {
     let socket = UdpSocket::bind("127.0.0.1:0").await.expect("a UDP socket");
     loop {
         if answers(&socket, server, &name, &value).await {
@@ -406,7 +428,12 @@ fn dnsperf(server: SocketAddr, queries: &std::path::Path, seconds: u64) -> (f64,
     let lost = out
         .lines()
         .find(|l| l.trim_start().starts_with("Queries lost:"))
-        .map(|l| l.trim().trim_start_matches("Queries lost:").trim().to_string())
+        .map(|l| {
+            l.trim()
+                .trim_start_matches("Queries lost:")
+                .trim()
+                .to_string()
+        })
         .unwrap_or_default();
     (qps, lost)
 }
@@ -471,14 +498,12 @@ async fn scale() {
     let api_ports = common::free_ports(2);
     let roles_b = {
         let mut args = controller_args("dns,controller,api");
-        args.extend(
-            [
-                "--api-addr".to_string(),
-                format!("127.0.0.1:{}", api_ports[1]),
-                "--api-namespace".to_string(),
-                namespace.clone(),
-            ],
-        );
+        args.extend([
+            "--api-addr".to_string(),
+            format!("127.0.0.1:{}", api_ports[1]),
+            "--api-namespace".to_string(),
+            namespace.clone(),
+        ]);
         args
     };
     let b = {
@@ -489,14 +514,12 @@ async fn scale() {
     let b_synced = memory(pid(&b));
     let roles_a = {
         let mut args = controller_args("dns,controller,webhook,api");
-        args.extend(
-            [
-                "--api-addr".to_string(),
-                format!("127.0.0.1:{}", api_ports[0]),
-                "--api-namespace".to_string(),
-                namespace.clone(),
-            ],
-        );
+        args.extend([
+            "--api-addr".to_string(),
+            format!("127.0.0.1:{}", api_ports[0]),
+            "--api-namespace".to_string(),
+            namespace.clone(),
+        ]);
         args
     };
     let a = {
@@ -531,7 +554,16 @@ async fn scale() {
     let mut levels = Vec::new();
     for callers in [2, 4, 8, 16, 32, 64] {
         eprintln!("[scale] Presents from {callers} callers at once, 20 s");
-        let level = presents(&admin, &namespace, servers, n, callers, 20, callers as u64 + 1).await;
+        let level = presents(
+            &admin,
+            &namespace,
+            servers,
+            n,
+            callers,
+            20,
+            callers as u64 + 1,
+        )
+        .await;
         let over = percentile(&level.b, 99.0) > Duration::from_secs(1) || level.never > 0;
         levels.push(level);
         if over {
@@ -563,7 +595,8 @@ async fn scale() {
         })
     };
     while held.elapsed() < Duration::from_secs(hold_minutes * 60) {
-        tokio::time::sleep(Duration::from_secs(60).min(Duration::from_secs(hold_minutes * 60))).await;
+        tokio::time::sleep(Duration::from_secs(60).min(Duration::from_secs(hold_minutes * 60)))
+            .await;
         let row = [memory(pid(&a.serve)), memory(pid(&b))];
         eprintln!(
             "[scale]   {:.0} min: A {:.1} MiB, B {:.1} MiB",
@@ -590,10 +623,17 @@ async fn scale() {
     let _ = writeln!(
         r,
         "- CPU: {}, `nproc` = {}\n- Kernel: {}\n- Load average at the end: {}\n",
-        common::run("sh", &["-c", "lscpu | sed -n 's/^Model name: *//p' | head -1"], None).trim(),
+        common::run(
+            "sh",
+            &["-c", "lscpu | sed -n 's/^Model name: *//p' | head -1"],
+            None
+        )
+        .trim(),
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         common::run("uname", &["-r"], None).trim(),
-        std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim()
+        std::fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .trim()
     );
     let _ = writeln!(r, "## Set-up\n");
     let _ = writeln!(
@@ -622,8 +662,22 @@ async fn scale() {
         "| replica | start → ready (first sync) | RSS at ready | RSS after the controller's first pass (20 s) | after dnsperf | after {hold_minutes} min held | peak RSS |\n|---|---|---|---|---|---|---|"
     );
     for (name, ready, synced, pass, dns, end) in [
-        ("A", a_ready, a_synced, after_pass[0], after_dns[0], held_end[0]),
-        ("B", b_ready, b_synced, after_pass[1], after_dns[1], held_end[1]),
+        (
+            "A",
+            a_ready,
+            a_synced,
+            after_pass[0],
+            after_dns[0],
+            held_end[0],
+        ),
+        (
+            "B",
+            b_ready,
+            b_synced,
+            after_pass[1],
+            after_dns[1],
+            held_end[1],
+        ),
     ] {
         let _ = writeln!(
             r,
@@ -708,7 +762,10 @@ async fn scale() {
         );
     }
     let path = std::env::var("SCALE_RESULTS").unwrap_or_else(|_| {
-        format!("{}/bench/results/scale-{date}.md", env!("CARGO_MANIFEST_DIR"))
+        format!(
+            "{}/bench/results/scale-{date}.md",
+            env!("CARGO_MANIFEST_DIR")
+        )
     });
     std::fs::write(&path, &r).unwrap();
     eprintln!("{r}\n[scale] results: {path}");
