@@ -24,14 +24,17 @@ use std::{
 };
 
 use futures::StreamExt;
-use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use k8s_openapi::{
+    api::events::v1::Event as K8sEvent,
+    apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta},
+    jiff::{SignedDuration, Timestamp},
+};
 use kube::{
     Api, Client, Resource, ResourceExt,
     api::PostParams,
     runtime::{
         Controller,
         controller::Action,
-        events::{Event, EventType, Recorder, Reporter},
         reflector::{ObjectRef, Store},
     },
 };
@@ -207,6 +210,14 @@ impl ControllerMetrics {
     }
 }
 
+/// The reporting controller named in Events.
+const REPORTING_CONTROLLER: &str = "kube-acme-dns";
+
+/// Accounts reconciled at once. Without a bound, the first pass of a new leader over
+/// every account starts them all together: as many status writes in flight and, for
+/// accounts whose delegation is due, as many sockets.
+const CONCURRENT_RECONCILES: u16 = 32;
+
 /// Everything the controller needs, from `serve`.
 pub struct ControllerConfig {
     pub client: Client,
@@ -230,7 +241,8 @@ struct Context {
     zone: String,
     reserved: ReservedLabels,
     index: Arc<AccountIndex>,
-    recorder: Recorder,
+    /// This replica's name, as the reporting instance of its Events.
+    identity: String,
     resolver: Option<SocketAddr>,
     txt_max_age: SignedDuration,
     schedule: Mutex<DelegationSchedule>,
@@ -257,19 +269,12 @@ pub async fn run(config: ControllerConfig) {
             "no resolver for delegation checks: set --delegation-resolver; Delegated stays Unknown"
         ),
     }
-    let recorder = Recorder::new(
-        client.clone(),
-        Reporter {
-            controller: "kube-acme-dns".into(),
-            instance: Some(identity.clone()),
-        },
-    );
     let ctx = Arc::new(Context {
         client: client.clone(),
         zone,
         reserved,
         index,
-        recorder,
+        identity: identity.clone(),
         resolver,
         txt_max_age: SignedDuration::from_secs(args.txt_max_age as i64),
         schedule: Mutex::new(DelegationSchedule::default()),
@@ -297,6 +302,10 @@ pub async fn run(config: ControllerConfig) {
                     }
                     let prune = prune_schedule(store.clone(), ctx.clone());
                     let controller = Controller::for_shared_stream(changes, store)
+                        .with_config(
+                            kube::runtime::controller::Config::default()
+                                .concurrency(CONCURRENT_RECONCILES),
+                        )
                         .reconcile_all_on(futures::stream::once(futures::future::ready(())))
                         .run(reconcile, error_policy, ctx)
                         .for_each(|_| futures::future::ready(()));
@@ -409,18 +418,36 @@ async fn check_delegation_if_due(
     }
     let fqdn = format!("{label}.{}.", ctx.zone.trim_end_matches('.'));
     let subject: Subject = (domains.clone(), fqdn.clone());
-    // A status without the condition (new, or written by hand) is checked at once.
-    let has_condition = account.status.as_ref().is_some_and(|s| {
+    // A status without the condition (new, or written by hand) is checked at once. One
+    // with it, for the current spec, holds an earlier check's outcome: when this replica
+    // has not checked the account yet (it just took the Lease), the next check is
+    // planned from that outcome instead of made now.
+    let earlier = account.status.as_ref().and_then(|s| {
         s.conditions
             .iter()
-            .any(|c| c.type_ == DELEGATED && c.reason != "NoDomains")
+            .find(|c| c.type_ == DELEGATED && c.reason != "NoDomains")
     });
-    let due =
-        ctx.schedule
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .due(key, &subject, Instant::now());
-    if !due && has_condition {
+    let now = Instant::now();
+    let due = {
+        let mut schedule = ctx.schedule.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(condition) = earlier
+            && condition.observed_generation == account.metadata.generation
+            && !schedule.knows(key)
+        {
+            let held_for = Timestamp::now()
+                .duration_since(condition.last_transition_time.0)
+                .unsigned_abs();
+            schedule.adopt(
+                key,
+                subject.clone(),
+                condition.status == "True",
+                held_for,
+                now,
+            );
+        }
+        schedule.due(key, &subject, now)
+    };
+    if !due && earlier.is_some() {
         return DelegationState::Unchanged;
     }
     let Some(resolver) = ctx.resolver else {
@@ -457,21 +484,39 @@ async fn check_delegation_if_due(
 
 /// Records `notices` as Events on the account. A failure is logged, never fatal: the
 /// status already says everything the Events do.
+///
+/// Each Event is created as it is. kube-runtime's `Recorder` keeps every Event it
+/// published for six minutes, to turn repeats into a series, and walks that whole cache
+/// on each publish: after a first pass over many new accounts (an import, a new leader
+/// on a large cluster) that is an Event object held per account and a walk per Event.
+/// Ours are written only when the status changes, so there are no repeats to count.
 async fn publish(account: &AcmeDnsAccount, notices: Vec<Notice>, ctx: &Context) {
-    let reference = account.object_ref(&());
+    if notices.is_empty() {
+        return;
+    }
+    let regarding = account.object_ref(&());
+    let namespace = account.namespace().unwrap_or_default();
+    let events: Api<K8sEvent> = Api::namespaced(ctx.client.clone(), &namespace);
     for notice in notices {
-        let event = Event {
-            type_: if notice.warning {
-                EventType::Warning
-            } else {
-                EventType::Normal
+        let event = K8sEvent {
+            metadata: ObjectMeta {
+                // The API server adds a random suffix, so Events of one reconcile never
+                // collide.
+                generate_name: Some(format!("{}.", account.name_any())),
+                namespace: Some(namespace.clone()),
+                ..Default::default()
             },
-            reason: notice.reason.into(),
+            event_time: Some(MicroTime(Timestamp::now())),
+            type_: Some(if notice.warning { "Warning" } else { "Normal" }.into()),
+            reason: Some(notice.reason.into()),
             note: Some(notice.note),
-            action: "Reconcile".into(),
-            secondary: None,
+            action: Some("Reconcile".into()),
+            regarding: Some(regarding.clone()),
+            reporting_controller: Some(REPORTING_CONTROLLER.into()),
+            reporting_instance: Some(ctx.identity.clone()),
+            ..Default::default()
         };
-        if let Err(e) = ctx.recorder.publish(&event, &reference).await {
+        if let Err(e) = events.create(&PostParams::default(), &event).await {
             warn!(account = %account.name_any(), error = %e, "cannot record an Event");
         }
     }

@@ -71,6 +71,44 @@ impl DelegationSchedule {
         next_check
     }
 
+    /// Whether a check of `account` was made or planned by this replica.
+    pub fn knows(&self, account: &AccountKey) -> bool {
+        self.memos.contains_key(account)
+    }
+
+    /// Plans the first check of an account whose status already holds the outcome of
+    /// an earlier check (made before this replica led, or before a restart), so that a
+    /// replica taking the Lease does not look up every account's CNAMEs at once. The
+    /// check falls at a point spread over as long as that outcome has held, at least
+    /// RECHECK_MIN and at most RECHECK_MAX, as the backoff would have spread it; a
+    /// failing account carries on with the backoff from there. Returns when it is due.
+    pub fn adopt(
+        &mut self,
+        account: &AccountKey,
+        subject: Subject,
+        delegated: bool,
+        held_for: Duration,
+        now: Instant,
+    ) -> Instant {
+        let span = held_for.clamp(RECHECK_MIN, RECHECK_MAX);
+        let next_check = now + span.mul_f64(spread(account));
+        // The failures after which the backoff waits about `span`.
+        let failures = if delegated {
+            0
+        } else {
+            (span.as_secs() / RECHECK_MIN.as_secs()).max(1).ilog2() + 1
+        };
+        self.memos.insert(
+            account.clone(),
+            Memo {
+                subject,
+                next_check,
+                failures,
+            },
+        );
+        next_check
+    }
+
     /// When the next check of `account` is due, if one was made.
     pub fn next_check(&self, account: &AccountKey) -> Option<Instant> {
         self.memos.get(account).map(|m| m.next_check)
@@ -89,6 +127,15 @@ impl DelegationSchedule {
     pub fn is_empty(&self) -> bool {
         self.memos.is_empty()
     }
+}
+
+/// Where in a span an account's first check falls, in [0, 1): from a hash of its key,
+/// so the checks of many accounts spread evenly, and each replica places an account at
+/// the same point.
+fn spread(account: &AccountKey) -> f64 {
+    use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+    let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one(account);
+    (hash >> 11) as f64 / (1u64 << 53) as f64
 }
 
 #[cfg(test)]
@@ -158,6 +205,77 @@ mod tests {
         assert!(schedule.due(&key(), &subject("other.test"), now));
         let next = schedule.record(&key(), subject("other.test"), false, now);
         assert_eq!(next - now, RECHECK_MIN);
+    }
+
+    #[test]
+    fn adopted_outcomes_spread_the_first_checks_over_as_long_as_they_held() {
+        let mut schedule = DelegationSchedule::default();
+        let now = Instant::now();
+        let accounts: Vec<AccountKey> = (0..1000)
+            .map(|i| AccountKey {
+                namespace: "team".into(),
+                name: format!("a{i}"),
+            })
+            .collect();
+        let waits: Vec<Duration> = accounts
+            .iter()
+            .map(|a| {
+                schedule.adopt(
+                    a,
+                    subject("example.test"),
+                    true,
+                    Duration::from_secs(86400),
+                    now,
+                ) - now
+            })
+            .collect();
+        assert!(
+            waits.iter().all(|w| *w < RECHECK_MAX),
+            "never later than an hour"
+        );
+        // Spread evenly: each quarter of the hour holds about a quarter of the checks.
+        for quarter in 0..4 {
+            let from = RECHECK_MAX / 4 * quarter;
+            let n = waits
+                .iter()
+                .filter(|w| **w >= from && **w < from + RECHECK_MAX / 4)
+                .count();
+            assert!((200..300).contains(&n), "quarter {quarter}: {n} of 1000");
+        }
+        assert!(
+            schedule.due(&accounts[0], &subject("other.test"), now),
+            "a changed subject is still checked at once"
+        );
+    }
+
+    #[test]
+    fn an_adopted_failure_backs_off_from_how_long_it_held() {
+        let mut schedule = DelegationSchedule::default();
+        let now = Instant::now();
+        let next = schedule.adopt(
+            &key(),
+            subject("example.test"),
+            false,
+            Duration::from_secs(3),
+            now,
+        );
+        assert!(
+            next - now <= RECHECK_MIN,
+            "a fresh failure is rechecked soon"
+        );
+        // Failing for 5 min: the next wait is that of the fifth failure or so (160 s),
+        // not the first one's 10 s.
+        schedule.adopt(
+            &key(),
+            subject("example.test"),
+            false,
+            Duration::from_secs(300),
+            now,
+        );
+        let later = now + Duration::from_secs(400);
+        let next = schedule.record(&key(), subject("example.test"), false, later);
+        assert_eq!(next - later, Duration::from_secs(320));
+        assert!(schedule.knows(&key()));
     }
 
     #[test]
