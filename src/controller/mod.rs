@@ -17,6 +17,9 @@ pub mod schedule;
 pub mod status;
 pub mod subdomain;
 
+#[cfg(test)]
+mod memory_probe;
+
 use std::{
     net::SocketAddr,
     sync::{Arc, Mutex},
