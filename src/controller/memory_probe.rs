@@ -453,7 +453,7 @@ fn reconciles_in_flight() {
     let ctx = rt.block_on(async {
         let client = echo_client(true);
         Arc::new(Context {
-            recorder: Recorder::new(client.clone(), "kube-acme-dns".into()),
+            identity: "probe".into(),
             client,
             zone: ZONE.into(),
             reserved: ["ns"]
