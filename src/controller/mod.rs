@@ -500,12 +500,13 @@ async fn publish(account: &AcmeDnsAccount, notices: Vec<Notice>, ctx: &Context) 
     let regarding = account.object_ref(&());
     let namespace = account.namespace().unwrap_or_default();
     let events: Api<K8sEvent> = Api::namespaced(ctx.client.clone(), &namespace);
+    let generate_name = event_name_prefix(&account.name_any());
     for notice in notices {
         let event = K8sEvent {
             metadata: ObjectMeta {
                 // The API server adds a random suffix, so Events of one reconcile never
                 // collide.
-                generate_name: Some(format!("{}.", account.name_any())),
+                generate_name: Some(generate_name.clone()),
                 namespace: Some(namespace.clone()),
                 ..Default::default()
             },
@@ -525,9 +526,29 @@ async fn publish(account: &AcmeDnsAccount, notices: Vec<Notice>, ctx: &Context) 
     }
 }
 
+/// The `generateName` of an account's Events: its name, cut to what the API server keeps
+/// of a prefix (it appends five random characters to at most 58) and ending in `-`, the
+/// one trailing character a prefix may have.
+fn event_name_prefix(account: &str) -> String {
+    let mut prefix: String = account.chars().take(57).collect();
+    while prefix.ends_with(['.', '-']) {
+        prefix.pop();
+    }
+    prefix.push('-');
+    prefix
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn event_names_are_valid_prefixes_of_the_account_name() {
+        assert_eq!(event_name_prefix("web"), "web-");
+        let long = format!("{}.{}", "a".repeat(56), "b".repeat(100));
+        assert_eq!(event_name_prefix(&long), format!("{}-", "a".repeat(56)));
+        assert_eq!(event_name_prefix(&"c".repeat(253)).len(), 58);
+    }
 
     fn api_error(code: u16) -> kube::Error {
         kube::Error::Api(
