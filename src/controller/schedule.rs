@@ -59,16 +59,7 @@ impl DelegationSchedule {
                 .saturating_mul(2u32.saturating_pow(failures.saturating_sub(1).min(16)))
                 .min(RECHECK_MAX)
         };
-        let next_check = now + wait;
-        self.memos.insert(
-            account.clone(),
-            Memo {
-                subject,
-                next_check,
-                failures,
-            },
-        );
-        next_check
+        self.plan(account, subject, now + wait, failures)
     }
 
     /// Whether a check of `account` was made or planned by this replica.
@@ -98,6 +89,17 @@ impl DelegationSchedule {
         } else {
             (span.as_secs() / RECHECK_MIN.as_secs()).max(1).ilog2() + 1
         };
+        self.plan(account, subject, next_check, failures)
+    }
+
+    /// Remembers when `account` is checked next and after how many failures.
+    fn plan(
+        &mut self,
+        account: &AccountKey,
+        subject: Subject,
+        next_check: Instant,
+        failures: u32,
+    ) -> Instant {
         self.memos.insert(
             account.clone(),
             Memo {
