@@ -520,7 +520,9 @@ async fn chart_runs_on_the_node_and_answers_through_the_load_balancer() {
         &format!("zone={ZONE}"),
         "--set",
         &format!("image.repository={repository}"),
-        "--set",
+        // The tag is a hash of the binary: all digits now and then, which --set would
+        // make a number that the values schema refuses.
+        "--set-string",
         &format!("image.tag={tag}"),
         "--set",
         "image.pullPolicy=Never",

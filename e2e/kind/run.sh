@@ -79,7 +79,7 @@ kubectl -n cert-manager rollout status deploy --timeout="$TIMEOUT"
 say "installing kube-acme-dns from charts/kube-acme-dns"
 helm install "$RELEASE" "$REPO/charts/kube-acme-dns" --namespace "$NAMESPACE" --create-namespace \
   --set zone=auth.example.test \
-  --set image.repository="${IMAGE%%:*}" --set image.tag="${IMAGE##*:}" --set image.pullPolicy=Never \
+  --set image.repository="${IMAGE%%:*}" --set-string image.tag="${IMAGE##*:}" --set image.pullPolicy=Never \
   --set dns.service.type=ClusterIP \
   --wait --timeout "$TIMEOUT"
 DNS_IP=$(kubectl -n "$NAMESPACE" get service "$RELEASE-kube-acme-dns-dns" -o jsonpath='{.spec.clusterIP}')
