@@ -385,7 +385,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         futures::future::Either::Right(std::future::pending())
     };
 
-    let (shared, watch) = watch::watch(accounts, index.clone(), {
+    let (shared, watch) = watch::watch(accounts.clone(), index.clone(), {
         let health = health.clone();
         move |accounts| {
             if !health.mark_synced() {
@@ -410,7 +410,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             client: client.clone(),
             namespace,
             zone: args.dns.zone.clone(),
-            accounts: shared.clone(),
+            index: index.clone(),
             credentials,
             txt: txt.clone(),
         };
@@ -434,6 +434,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let controller = args.roles.contains(&Role::Controller).then(|| {
         Ok::<_, anyhow::Error>(tokio::spawn(controller::run(ControllerConfig {
             client,
+            api: accounts,
             accounts: shared,
             zone: args.dns.zone.clone(),
             reserved: zone.reserved_labels(),

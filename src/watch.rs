@@ -1,12 +1,13 @@
 //! The one AcmeDnsAccount watch of a process. It is the only writer of the
-//! [`AccountIndex`] the DNS responder answers from, and it also feeds the store and the
-//! change stream the controller reconciles from, so a replica holds one watch on the
-//! resource whatever roles it runs.
+//! [`AccountIndex`] the DNS responder answers from, and it also feeds the change stream
+//! the controller reconciles from, so a replica holds one watch on the resource whatever
+//! roles it runs. No copy of the objects is kept: the index holds only what is served
+//! and looked up, which is what lets a replica hold 100 000 accounts in little memory.
 //!
 //! Events arrive in order and re-lists are consistent reads, so the last thing applied
 //! is always the newest state: writers never compare resourceVersions. A (re-)list is
-//! collected whole and applied with `reset`, so a restarted watch never empties the
-//! index in between. Errors are logged and retried with backoff, never
+//! applied account by account and what it did not hold is removed at its end, so a
+//! restarted watch never empties the index in between. Errors are logged and retried with backoff, never
 //! fatal: when the API server goes away, the index keeps the last state seen and DNS
 //! keeps answering from it.
 
@@ -15,12 +16,7 @@ use std::{sync::Arc, time::Duration};
 use futures::{Stream, StreamExt};
 use kube::{
     Api, Resource,
-    runtime::{
-        WatchStreamExt,
-        reflector::{self, ObjectRef, Store},
-        utils::Backoff,
-        watcher,
-    },
+    runtime::{WatchStreamExt, utils::Backoff, watcher},
 };
 use tokio::sync::broadcast;
 use tracing::{info, warn};
@@ -69,37 +65,51 @@ impl Backoff for WatchBackoff {
     }
 }
 
-/// What the controller reads: every account as last seen, and each change as it comes.
+/// What the controller is told by the watch. Objects are passed on as they arrive and
+/// never kept: the index holds what serving needs, and the controller reads anything
+/// else it needs from the API server.
+#[derive(Clone, Debug)]
+pub enum Change {
+    /// An account was added or changed; this is its newest state.
+    Applied(Arc<AcmeDnsAccount>),
+    /// Accounts may have changed without an event for each: after a (re-)list, or when
+    /// the reader fell behind. The reader should look at every account again.
+    Resync,
+}
+
+/// What the controller reads: whether the first list is complete, and each change as it
+/// comes.
 #[derive(Clone)]
 pub struct SharedAccounts {
-    store: Store<AcmeDnsAccount>,
-    changes: broadcast::Sender<Arc<AcmeDnsAccount>>,
+    synced: tokio::sync::watch::Receiver<bool>,
+    changes: broadcast::Sender<Change>,
 }
 
 impl SharedAccounts {
-    pub fn store(&self) -> Store<AcmeDnsAccount> {
-        self.store.clone()
+    /// Waits until the first list has been applied to the index.
+    pub async fn wait_until_synced(&self) {
+        let mut synced = self.synced.clone();
+        // The sender lives as long as the watch, which runs until the process ends.
+        let _ = synced.wait_for(|synced| *synced).await;
     }
 
-    /// Changes from now on. A subscriber that falls more than a buffer behind gets every
-    /// account in the store instead of the changes it missed, so nothing is lost.
-    pub fn changes(&self) -> impl Stream<Item = Arc<AcmeDnsAccount>> + Send + 'static {
-        let store = self.store.clone();
+    /// Changes from now on. A subscriber that falls more than a buffer behind is told
+    /// to resync instead of getting the changes it missed, so nothing is lost.
+    pub fn changes(&self) -> impl Stream<Item = Change> + Send + 'static {
         let receiver = self.changes.subscribe();
-        futures::stream::unfold(receiver, move |mut receiver| {
-            let store = store.clone();
-            async move {
-                match receiver.recv().await {
-                    Ok(account) => Some((futures::stream::iter(vec![account]), receiver)),
-                    Err(broadcast::error::RecvError::Lagged(missed)) => {
-                        warn!(missed, "the controller fell behind the account watch; reconciling every account");
-                        Some((futures::stream::iter(store.state()), receiver))
-                    }
-                    Err(broadcast::error::RecvError::Closed) => None,
+        futures::stream::unfold(receiver, |mut receiver| async move {
+            match receiver.recv().await {
+                Ok(change) => Some((change, receiver)),
+                Err(broadcast::error::RecvError::Lagged(missed)) => {
+                    warn!(
+                        missed,
+                        "the controller fell behind the account watch; reconciling every account"
+                    );
+                    Some((Change::Resync, receiver))
                 }
+                Err(broadcast::error::RecvError::Closed) => None,
             }
         })
-        .flatten()
     }
 }
 
@@ -110,16 +120,19 @@ pub fn watch(
     index: Arc<AccountIndex>,
     on_synced: impl Fn(usize) + Send + 'static,
 ) -> (SharedAccounts, impl Future<Output = ()> + Send) {
-    let (store, writer) = reflector::store();
     let (changes, _) = broadcast::channel(CHANGES_BUFFERED);
+    let (synced_tx, synced) = tokio::sync::watch::channel(false);
     let shared = SharedAccounts {
-        store: store.clone(),
+        synced,
         changes: changes.clone(),
     };
     // A re-list must never be older than an event already applied, or it would take a
     // newer TXT value away again: list from etcd (a consistent read), not from an API
-    // server's cache that may lag behind the one the watch used before.
-    let config = watcher::Config::default().list_semantic(watcher::ListSemantic::MostRecent);
+    // server's cache that may lag behind the one the watch used before. Lists come in
+    // pages, so a large one is never held whole.
+    let config = watcher::Config::default()
+        .list_semantic(watcher::ListSemantic::MostRecent)
+        .page_size(LIST_PAGE);
     let events = watcher(accounts, config)
         .backoff(WatchBackoff::new())
         // Nobody reads the field managers or the annotations (where `kubectl apply` keeps
@@ -129,23 +142,26 @@ pub fn watch(
             meta.managed_fields = None;
             meta.annotations = None;
         });
-    let run = feed(events, writer, store, changes, index, on_synced);
+    let run = feed(events, changes, index, move |listed| {
+        synced_tx.send_replace(true);
+        on_synced(listed);
+    });
     (shared, run)
 }
 
+/// Accounts per page of a (re-)list.
+pub const LIST_PAGE: u32 = 500;
+
 async fn feed(
     events: impl Stream<Item = watcher::Result<watcher::Event<AcmeDnsAccount>>> + Send,
-    mut writer: reflector::store::Writer<AcmeDnsAccount>,
-    store: Store<AcmeDnsAccount>,
-    changes: broadcast::Sender<Arc<AcmeDnsAccount>>,
+    changes: broadcast::Sender<Change>,
     index: Arc<AccountIndex>,
     on_synced: impl Fn(usize) + Send,
 ) {
     let mut events = std::pin::pin!(events);
     // A (re-)list in progress: applied to the index account by account, so it is never
-    // held whole a second time beside the store's own copy.
+    // held whole.
     let mut relist = None;
-    let stored = |account: &AcmeDnsAccount| store.get(&ObjectRef::from_obj(account));
     while let Some(event) = events.next().await {
         let event = match event {
             Ok(event) => event,
@@ -154,13 +170,12 @@ async fn feed(
                 continue;
             }
         };
-        writer.apply_watcher_event(&event);
         match event {
             watcher::Event::Apply(account) => {
                 info!(account = %AccountKey::of(&account), subdomain = ?account.status.as_ref().and_then(|s| s.subdomain.as_ref()), "account applied");
                 index.apply(&account);
-                if let Some(account) = stored(&account) {
-                    let _ = changes.send(account);
+                if changes.receiver_count() > 0 {
+                    let _ = changes.send(Change::Applied(Arc::new(account)));
                 }
             }
             watcher::Event::Delete(account) => {
@@ -175,12 +190,10 @@ async fn feed(
             }
             watcher::Event::InitDone => {
                 let listed = relist.take().map_or(0, |r| r.finish());
-                // Whatever changed while the watch was down is in the re-list, and the
-                // store holds it now.
+                // Whatever changed while the watch was down is in the re-list; the
+                // controller reads it again.
                 if changes.receiver_count() > 0 {
-                    for account in store.state() {
-                        let _ = changes.send(account);
-                    }
+                    let _ = changes.send(Change::Resync);
                 }
                 on_synced(listed);
                 index::release_freed_memory();

@@ -1,7 +1,7 @@
 //! The acme-dns API's accounts are AcmeDnsAccounts. `/register` creates one, with its
 //! subdomain pinned at once so the answer can carry it, and a Secret owned by it (so
 //! deleted with it) holding the username and the bcrypt hash of the key. Credentials are
-//! looked up in memory: a watch on those Secrets, and the process's account store.
+//! looked up in memory: a watch on those Secrets, and the process's account index.
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
@@ -12,7 +12,7 @@ use k8s_openapi::{
 use kube::{
     Api, Client, Resource, ResourceExt,
     api::{ObjectMeta, PostParams},
-    runtime::{WatchStreamExt, reflector::ObjectRef, watcher},
+    runtime::{WatchStreamExt, watcher},
 };
 use tracing::warn;
 
@@ -22,9 +22,8 @@ use super::{
 };
 use crate::{
     api::{AcmeDnsAccount, AcmeDnsAccountSpec, Cidr, DnsLabel},
-    index::AccountKey,
+    index::{AccountIndex, AccountKey},
     txt::TxtWriter,
-    watch::SharedAccounts,
 };
 
 /// Label on credential Secrets, so the watch reads only those.
@@ -204,7 +203,8 @@ pub struct KubeStore {
     pub namespace: String,
     /// The zone accounts are served under.
     pub zone: String,
-    pub accounts: SharedAccounts,
+    /// The process's account index, which the account watch keeps.
+    pub index: Arc<AccountIndex>,
     pub credentials: CredentialIndex,
     pub txt: TxtWriter,
 }
@@ -212,26 +212,15 @@ pub struct KubeStore {
 impl AccountStore for KubeStore {
     fn credentials(&self, username: &str) -> Option<Credentials> {
         let (account, key_hash) = self.credentials.get(username)?;
-        let object = self
-            .accounts
-            .store()
-            .get(&ObjectRef::new(&account.name).within(&account.namespace))?;
-        let subdomain = object
-            .status
-            .as_ref()
-            .and_then(|s| s.subdomain.as_ref())
-            .or(object.spec.subdomain.as_ref())?
-            .0
-            .clone();
-        let allow_from = object
-            .spec
+        let view = self.index.api_view(&account)?;
+        let allow_from = view
             .allow_from
             .iter()
-            .filter_map(|c| parse_cidr(&c.0))
+            .filter_map(|c| parse_cidr(c))
             .collect();
         Some(Credentials {
             account,
-            subdomain,
+            subdomain: view.subdomain,
             key_hash,
             allow_from,
         })

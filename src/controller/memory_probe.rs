@@ -1,7 +1,7 @@
-//! Heap per account of what `serve` keeps for 100 000 accounts: the objects, the
-//! reflector store, the index, the controller's schedule, kube-runtime's scheduler, the
-//! Event recorder's cache and reconciles in flight. Ignored: it is a measurement, not a
-//! check. Run alone, so no other test allocates meanwhile:
+//! Heap per account of what `serve` keeps for 100 000 accounts: the objects as parsed
+//! (held only while one is handled), the index, and on the leader the delegation
+//! schedule, the reconcile queue's timers and the reconciles in flight. Ignored: it is a
+//! measurement, not a check. Run alone, so no other test allocates meanwhile:
 //!
 //! `cargo test --lib controller::memory_probe -- --ignored --nocapture --test-threads=1`
 
@@ -13,20 +13,12 @@ use std::{
 
 use futures::StreamExt;
 use k8s_openapi::jiff::SignedDuration;
-use kube::{
-    Client, Resource,
-    runtime::{
-        controller::{ReconcileReason, ReconcileRequest},
-        events::{Event, EventType, Recorder, Reporter},
-        reflector::{self, ObjectRef},
-        scheduler::{ScheduleRequest, scheduler},
-        watcher,
-    },
-};
+use kube::Client;
 use prometheus::Registry;
 
 use super::{
-    Context, ControllerMetrics, reconcile,
+    Context, ControllerMetrics,
+    queue::{self, Queue},
     schedule::DelegationSchedule,
     status::{DELEGATED, READY},
 };
@@ -207,132 +199,73 @@ fn heap_per_account_at_100k() {
             status(i).conditions[1].message.clone(),
         )
     });
-    measure("ObjectRef<AcmeDnsAccount> from_obj (with extra)", |i| {
-        ObjectRef::from_obj(&sample[i])
-    });
-    measure("ObjectRef<AcmeDnsAccount> name+namespace only", |i| {
-        ObjectRef::<AcmeDnsAccount>::new(sample[i].metadata.name.as_deref().unwrap())
-            .within("bench-scale")
-    });
     measure("AccountKey", |i| AccountKey::of(&sample[i]));
     drop(sample);
 
-    println!("\n== reflector store, filled as src/watch.rs fills it ==");
-    index_and_store();
+    println!("\n== the index, filled as src/watch.rs fills it ==");
+    index_as_watched();
 
-    println!("\n== controller ==");
-    schedule_memos();
-    kube_scheduler();
-    recorder_cache();
+    println!("\n== controller (leader only) ==");
+    let keys: Vec<Arc<AccountKey>> = (0..N)
+        .map(|i| {
+            Arc::new(AccountKey {
+                namespace: "bench-scale".into(),
+                name: format!("acct-{i:06}"),
+            })
+        })
+        .collect();
+    schedule_memos(&keys);
+    queue_timers(&keys);
     reconciles_in_flight();
 }
 
-/// The watch's path: every InitApply goes to the writer (which clones it into an Arc)
-/// and, owned, into the re-list Vec the index is reset from.
-fn index_and_store() {
+/// The watch's path (src/watch.rs): each listed account is applied to the index as it
+/// arrives and dropped; then status writes arrive one Apply per account.
+fn index_as_watched() {
     let base = heap();
-    let (store, mut writer) = reflector::store::<AcmeDnsAccount>();
     let index = AccountIndex::new(1);
-    let list = |writer: &mut reflector::store::Writer<AcmeDnsAccount>| {
-        writer.apply_watcher_event(&watcher::Event::Init);
-        let mut relist = Vec::new();
-        for i in 0..N {
-            let event = watcher::Event::InitApply(account(i, true));
-            writer.apply_watcher_event(&event);
-            let watcher::Event::InitApply(account) = event else {
-                unreachable!()
-            };
-            relist.push(account);
-        }
-        relist
-    };
-
-    let relist = list(&mut writer);
+    let mut relist = index.relist();
+    for i in 0..N {
+        relist.apply(&account(i, true));
+    }
     row(
-        "first list: writer buffer + re-list Vec (before InitDone)",
+        "first list, before its end (re-list's key set)",
         delta(base),
         N,
     );
-    writer.apply_watcher_event(&watcher::Event::InitDone);
-    let before_index = heap();
-    index.reset(&relist);
-    let index_heap = delta(before_index);
+    relist.finish();
+    crate::index::release_freed_memory();
     row(
-        "  index.reset of realistic accounts (1 version each)",
-        index_heap,
+        "index after the first list (1 version each)",
+        delta(base),
         N,
-    );
-    row("  peak: store + re-list Vec + index", delta(base), N);
-    let relist_vec = relist.capacity() * size_of::<AcmeDnsAccount>();
-    drop(relist);
-    row("  re-list Vec freed", -(delta(base) - index_heap), N);
-    let steady_store = delta(base) - index_heap;
-    row(
-        "store of Arc<AcmeDnsAccount> after InitDone (steady)",
-        steady_store,
-        N,
-    );
-    println!(
-        "  (re-list Vec's own block: {} B/account; store.len() {})",
-        relist_vec / N,
-        store.state().len()
     );
 
     // Status writes as the controller's make them: one Apply per account, each a new
-    // resourceVersion, as the watch feeds it (writer, then index).
-    let before = heap();
+    // resourceVersion.
     for round in 1..=3 {
         for i in 0..N {
             let mut account = account(i, true);
             account.metadata.resource_version = Some(format!("{}", 48_213_000 + 2 * N * round + i));
-            let event = watcher::Event::Apply(account);
-            writer.apply_watcher_event(&event);
-            let watcher::Event::Apply(account) = event else {
-                unreachable!()
-            };
             index.apply(&account);
         }
         row(
-            &format!("  after {round} Apply per account: store+index growth (versions kept)"),
-            delta(before),
+            &format!("  after {round} Apply per account (versions kept)"),
+            delta(base),
             N,
         );
     }
-
-    // A re-list while everything is in place: the peak is old store + new buffer +
-    // re-list Vec, then index.reset.
-    let before = heap();
-    let relist = list(&mut writer);
-    row(
-        "re-list: buffer + re-list Vec on top of the old store",
-        delta(before),
-        N,
-    );
-    writer.apply_watcher_event(&watcher::Event::InitDone);
-    row(
-        "  after InitDone swap (old store dropped)",
-        delta(before),
-        N,
-    );
-    index.reset(&relist);
-    row("  after index.reset", delta(before), N);
-    drop(relist);
-    row("  re-list Vec dropped", delta(before), N);
-    let total = delta(base);
-    row("store + index, steady after re-list", total, N);
-    drop(writer);
-    drop(store);
-    row("  index alone", delta(base), N);
+    let mut relist = index.relist();
+    for i in 0..N {
+        relist.apply(&account(i, true));
+    }
+    relist.finish();
+    crate::index::release_freed_memory();
+    row("index after a re-list", delta(base), N);
     drop(index);
 }
 
-fn schedule_memos() {
-    let keys: Vec<AccountKey> = (0..N)
-        .map(|i| AccountKey {
-            namespace: "bench-scale".into(),
-            name: format!("acct-{i:06}"),
-        })
-        .collect();
+fn schedule_memos(keys: &[Arc<AccountKey>]) {
     let before = heap();
     let mut schedule = DelegationSchedule::default();
     let now = Instant::now();
@@ -341,119 +274,48 @@ fn schedule_memos() {
             vec![format!("d{i:06}.scale.example.com")],
             format!("s{i:06}.{ZONE}."),
         );
-        schedule.record(key, subject, false, now);
+        schedule.record(key, &subject, false, now);
     }
     row(
-        &format!("DelegationSchedule, {} memos", schedule.len()),
+        &format!(
+            "DelegationSchedule, {} memos (keys shared, not counted)",
+            schedule.len()
+        ),
         delta(before),
         N,
     );
 }
 
-/// kube-runtime's scheduler holding every account's requeue (reconcile asks for one
-/// within the hour, so in steady state every account is in it).
-fn kube_scheduler() {
-    let accounts: Vec<Arc<AcmeDnsAccount>> = (0..N).map(|i| Arc::new(account(i, true))).collect();
+/// The reconcile queue with every account's wake-up in it (reconcile asks for one
+/// within the hour, so in steady state every account has one).
+fn queue_timers(keys: &[Arc<AccountKey>]) {
     let rt = runtime();
-    let run_at = tokio::time::Instant::now() + Duration::from_secs(3600);
-    let requests =
-        futures::stream::iter(accounts.clone().into_iter().map(move |a| ScheduleRequest {
-            message: ReconcileRequest {
-                obj_ref: ObjectRef::from_obj(&*a),
-                reason: ReconcileReason::ReconcilerRequestedRetry,
-            },
-            run_at,
-        }))
-        .chain(futures::stream::pending());
-    let mut scheduler = Box::pin(rt.block_on(async { scheduler(requests) }));
-    let before_poll = heap();
-    rt.block_on(async {
-        let polled = tokio::time::timeout(Duration::from_millis(50), scheduler.next()).await;
-        assert!(polled.is_err(), "nothing is due yet");
+    let before = heap();
+    let queue = rt.block_on(async {
+        let mut queue = Queue::default();
+        for key in keys {
+            queue.finished(key.clone(), Some(Duration::from_secs(3600)));
+        }
+        queue
     });
     row(
-        "kube-runtime scheduler, one requeue per account (measured)",
-        delta(before_poll),
+        "reconcile queue, one timer per account (keys shared, not counted)",
+        delta(before),
         N,
     );
-    drop(scheduler);
+    drop(queue);
     drop(rt);
 }
 
-fn notices(account: &AcmeDnsAccount) -> [Event; 2] {
-    let status = account.status.as_ref().unwrap();
-    let cname = &status.cnames[0];
-    [
-        Event {
-            type_: EventType::Normal,
-            reason: "SubdomainAssigned".into(),
-            note: Some(format!(
-                "served at {}; publish: {} CNAME {}",
-                status.fqdn.as_deref().unwrap(),
-                cname.name,
-                cname.target
-            )),
-            action: "Reconcile".into(),
-            secondary: None,
-        },
-        Event {
-            type_: EventType::Warning,
-            reason: "NotDelegated".into(),
-            note: Some(status.conditions[1].message.clone()),
-            action: "Reconcile".into(),
-            secondary: None,
-        },
-    ]
-}
-
-/// kube-runtime's Recorder keeps every Event it published for 6 minutes, pruning only
-/// when it publishes again. The controller publishes SubdomainAssigned and (for a
-/// domain not delegated) NotDelegated as it gives each account its status.
-fn recorder_cache() {
-    // Every publish walks the whole cache, so this is quadratic: measure fewer.
-    const M: usize = 10_000;
-    let rt = runtime();
-    let accounts: Vec<AcmeDnsAccount> = (0..M).map(|i| account(i, true)).collect();
-    let recorder = rt.block_on(async {
-        Recorder::new(
-            echo_client(false),
-            Reporter {
-                controller: "kube-acme-dns".into(),
-                instance: Some("kube-acme-dns-7c9f8d6b5d-x2k4q".into()),
-            },
-        )
-    });
-    let before = heap();
-    let started = Instant::now();
-    rt.block_on(async {
-        for account in &accounts {
-            let reference = account.object_ref(&());
-            for event in notices(account) {
-                recorder.publish(&event, &reference).await.unwrap();
-            }
-        }
-    });
-    row(
-        &format!(
-            "Recorder cache, 2 Events per account (measured at {M}, {:.1} s)",
-            started.elapsed().as_secs_f64()
-        ),
-        delta(before),
-        M,
-    );
-}
-
-/// Reconciles started all at once (the controller's concurrency is unbounded), each
-/// waiting for its status write: the API server answers far fewer at a time.
+/// The bounded reconciles in flight, each waiting for its status write.
 fn reconciles_in_flight() {
-    const M: usize = 20_000;
     let rt = runtime();
-    let accounts: Vec<Arc<AcmeDnsAccount>> = (0..M).map(|i| Arc::new(account(i, false))).collect();
     let index = Arc::new(AccountIndex::new(1));
     let ctx = rt.block_on(async {
         let client = echo_client(true);
         Arc::new(Context {
             identity: "probe".into(),
+            api: kube::Api::all(client.clone()),
             client,
             zone: ZONE.into(),
             reserved: ["ns"]
@@ -467,161 +329,28 @@ fn reconciles_in_flight() {
             metrics: ControllerMetrics::new(&Registry::new()).unwrap(),
         })
     });
-    let future = reconcile(accounts[0].clone(), ctx.clone());
-    println!(
-        "size_of the reconcile future: {} B",
-        std::mem::size_of_val(&future)
-    );
-    drop(future);
     let before = heap();
-    let tasks = rt.block_on(async {
-        let tasks: Vec<_> = accounts
-            .iter()
-            .map(|a| tokio::spawn(reconcile(a.clone(), ctx.clone())))
-            .collect();
-        let spawned = delta(before);
-        row(
-            &format!("reconcile tasks spawned, not yet run ({M})"),
-            spawned,
-            M,
+    let held = rt.block_on(async {
+        // Accounts made as the stream is read, as a list pass yields them.
+        let accounts = futures::stream::iter((0..N).map(|i| Arc::new(account(i, false))));
+        let run = queue::run(
+            accounts.chain(futures::stream::pending()),
+            ctx.clone(),
+            super::CONCURRENT_RECONCILES,
         );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        tasks
-    });
-    row(
-        &format!("reconciles waiting on their status write, measured at {M} (no DNS)"),
-        delta(before),
-        M,
-    );
-    for task in &tasks {
-        task.abort();
-    }
-    rt.block_on(async {
-        for task in tasks {
-            let _ = task.await;
+        tokio::select! {
+            () = run => unreachable!("the stream never ends"),
+            () = tokio::time::sleep(Duration::from_millis(500)) => delta(before),
         }
     });
+    println!(
+        "{:<72} {:>12.1} MiB, whatever the number of accounts",
+        format!(
+            "queue offered {N} accounts, {} reconciles waiting on their status write",
+            super::CONCURRENT_RECONCILES
+        ),
+        held as f64 / 1048576.0
+    );
     drop(ctx);
     drop(rt);
-}
-
-/// What the store's objects would cost trimmed or in a compact form of only what
-/// reconcile and the acme-dns API read.
-#[test]
-#[ignore = "a measurement: run alone with --ignored --nocapture --test-threads=1"]
-fn trimmed_and_compact_forms() {
-    use k8s_openapi::jiff::Timestamp;
-    println!(
-        "\nsize_of: events.v1 Event {}, ObjectReference {}, ReconcileRequest {}, Condition {}, TxtValue {}, CnameRecord {}",
-        size_of::<k8s_openapi::api::events::v1::Event>(),
-        size_of::<k8s_openapi::api::core::v1::ObjectReference>(),
-        size_of::<ReconcileRequest<AcmeDnsAccount>>(),
-        size_of::<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>(),
-        size_of::<crate::api::TxtValue>(),
-        size_of::<crate::api::CnameRecord>(),
-    );
-    measure("parsed, with status (as the watch yields it)", |i| {
-        account(i, true)
-    });
-    measure("parsed, then every Vec shrunk to fit", |i| {
-        let mut a = account(i, true);
-        a.spec.domains.shrink_to_fit();
-        let s = a.status.as_mut().unwrap();
-        s.cnames.shrink_to_fit();
-        s.txt.shrink_to_fit();
-        s.conditions.shrink_to_fit();
-        a
-    });
-    measure("clone of the parsed one (what the writer stores)", |i| {
-        account(i, true).clone()
-    });
-    measure("clone, fqdn + cnames + Ready message dropped", |i| {
-        let mut a = account(i, true).clone();
-        let s = a.status.as_mut().unwrap();
-        s.fqdn = None;
-        s.cnames = Vec::new();
-        s.conditions[0].message = String::new();
-        a
-    });
-    measure("clone, with kubectl's last-applied annotation", |i| {
-        let mut a = account(i, false);
-        let applied = serde_json::to_string(&serde_json::json!({
-            "apiVersion": "acmedns.io/v1alpha1", "kind": "AcmeDnsAccount",
-            "metadata": {"annotations": {}, "name": a.metadata.name, "namespace": "bench-scale"},
-            "spec": a.spec,
-        }))
-        .unwrap();
-        a.metadata.annotations = Some(
-            [(
-                "kubectl.kubernetes.io/last-applied-configuration".to_string(),
-                applied + "\n",
-            )]
-            .into(),
-        );
-        a.status = account(i, true).status;
-        a.clone()
-    });
-
-    // Everything reconcile and the acme-dns API read, nothing derivable: the key is the
-    // index's Arc<AccountKey> (shared, not counted); fqdn, cnames and the Ready message
-    // follow from the label, the zone and the domains.
-    #[allow(dead_code)]
-    struct CompactCondition {
-        kind: u8,
-        status: u8,
-        reason: u8,
-        observed_generation: Option<i64>,
-        last_transition: Timestamp,
-        /// Only when it is not the one derived from the rest.
-        message: Option<Box<str>>,
-    }
-    #[allow(dead_code)]
-    struct Compact {
-        uid: Box<str>,
-        resource_version: Box<str>,
-        generation: Option<i64>,
-        domains: Box<[Box<str>]>,
-        pinned: Option<Box<str>>,
-        allow_from: Box<[Box<str>]>,
-        subdomain: Option<Box<str>>,
-        txt: Box<[(Box<str>, Timestamp)]>,
-        conditions: Box<[CompactCondition]>,
-        observed_generation: Option<i64>,
-        /// fqdn and cnames are the derived ones.
-        derived: bool,
-    }
-    let b = |s: &str| Box::<str>::from(s);
-    measure("compact form (Arc'd), Delegated message kept", |i| {
-        let a = account(i, true);
-        let s = a.status.as_ref().unwrap();
-        Arc::new(Compact {
-            uid: b(a.metadata.uid.as_deref().unwrap()),
-            resource_version: b(a.metadata.resource_version.as_deref().unwrap()),
-            generation: a.metadata.generation,
-            domains: a.spec.domains.iter().map(|d| b(&d.0)).collect(),
-            pinned: a.spec.subdomain.as_ref().map(|d| b(&d.0)),
-            allow_from: Box::new([]),
-            subdomain: s.subdomain.as_ref().map(|d| b(&d.0)),
-            txt: s
-                .txt
-                .iter()
-                .map(|t| (b(&t.value), t.updated_at.0))
-                .collect(),
-            conditions: s
-                .conditions
-                .iter()
-                .enumerate()
-                .map(|(n, c)| CompactCondition {
-                    kind: n as u8,
-                    status: 0,
-                    reason: 0,
-                    observed_generation: c.observed_generation,
-                    last_transition: c.last_transition_time.0,
-                    message: (n == 1).then(|| b(&c.message)),
-                })
-                .collect(),
-            observed_generation: s.observed_generation,
-            derived: true,
-        })
-    });
 }

@@ -8,11 +8,14 @@
 //! the status and the Events it deserves (pure, in `status`) → write the status if it
 //! changed → record the Events.
 //!
-//! The controller reads the process's one account watch (`crate::watch`): its store,
-//! and its stream of changes while this replica leads.
+//! The controller reads the process's one account watch (`crate::watch`): its stream of
+//! changes while this replica leads. It keeps no copy of the accounts: a pass over every
+//! account (when it takes the Lease, and whenever the watch re-lists) reads them from the
+//! API server page by page, and an account woken by its timer is read again (`queue`).
 
 pub mod delegation;
 pub mod lease;
+pub mod queue;
 pub mod schedule;
 pub mod status;
 pub mod subdomain;
@@ -34,14 +37,10 @@ use k8s_openapi::{
 };
 use kube::{
     Api, Client, Resource, ResourceExt,
-    api::PostParams,
-    runtime::{
-        Controller,
-        controller::Action,
-        reflector::{ObjectRef, Store},
-    },
+    api::{ListParams, PostParams},
 };
 use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
+use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -53,7 +52,7 @@ use self::{
 use crate::{
     api::AcmeDnsAccount,
     index::{AccountIndex, AccountKey, ReservedLabels},
-    watch::SharedAccounts,
+    watch::{Change, LIST_PAGE, SharedAccounts},
 };
 
 #[derive(clap::Args, Debug, Clone)]
@@ -219,11 +218,13 @@ const REPORTING_CONTROLLER: &str = "kube-acme-dns";
 /// Accounts reconciled at once. Without a bound, the first pass of a new leader over
 /// every account starts them all together: as many status writes in flight and, for
 /// accounts whose delegation is due, as many sockets.
-const CONCURRENT_RECONCILES: u16 = 32;
+const CONCURRENT_RECONCILES: usize = 32;
 
 /// Everything the controller needs, from `serve`.
 pub struct ControllerConfig {
     pub client: Client,
+    /// The accounts watched (all namespaces, or one), for the passes over every account.
+    pub api: Api<AcmeDnsAccount>,
     /// The process's account watch.
     pub accounts: SharedAccounts,
     /// The zone accounts are served under.
@@ -241,6 +242,7 @@ pub struct ControllerConfig {
 
 struct Context {
     client: Client,
+    api: Api<AcmeDnsAccount>,
     zone: String,
     reserved: ReservedLabels,
     index: Arc<AccountIndex>,
@@ -256,6 +258,7 @@ struct Context {
 pub async fn run(config: ControllerConfig) {
     let ControllerConfig {
         client,
+        api,
         accounts,
         zone,
         reserved,
@@ -274,6 +277,7 @@ pub async fn run(config: ControllerConfig) {
     }
     let ctx = Arc::new(Context {
         client: client.clone(),
+        api,
         zone,
         reserved,
         index,
@@ -296,26 +300,11 @@ pub async fn run(config: ControllerConfig) {
             || {
                 let (accounts, ctx) = (accounts.clone(), ctx.clone());
                 async move {
-                    let store = accounts.store();
-                    // Subscribe first, then reconcile everything the store holds once it
-                    // is complete: nothing changed in between is missed.
+                    // Subscribe first, then pass over every account once the index is
+                    // complete: nothing changed in between is missed.
                     let changes = accounts.changes();
-                    if store.wait_until_ready().await.is_err() {
-                        return;
-                    }
-                    let prune = prune_schedule(store.clone(), ctx.clone());
-                    let controller = Controller::for_shared_stream(changes, store)
-                        .with_config(
-                            kube::runtime::controller::Config::default()
-                                .concurrency(CONCURRENT_RECONCILES),
-                        )
-                        .reconcile_all_on(futures::stream::once(futures::future::ready(())))
-                        .run(reconcile, error_policy, ctx)
-                        .for_each(|_| futures::future::ready(()));
-                    tokio::select! {
-                        () = controller => {}
-                        () = prune => {}
-                    }
+                    accounts.wait_until_synced().await;
+                    lead(changes, ctx).await;
                 }
             },
             move |leading| leader.set(i64::from(leading)),
@@ -324,9 +313,86 @@ pub async fn run(config: ControllerConfig) {
         .await;
 }
 
-/// Every few minutes, forgets the delegation checks of deleted accounts (reconcile is
-/// not called for an object that is gone). Never returns.
-async fn prune_schedule(store: Store<AcmeDnsAccount>, ctx: Arc<Context>) {
+/// What the leader does until it loses the Lease: reconciles each changed account, every
+/// account once now and again after each re-list of the watch, and each account when its
+/// timer asks.
+async fn lead(changes: impl futures::Stream<Item = Change> + Send, ctx: Arc<Context>) {
+    let resync = Arc::new(Notify::new());
+    resync.notify_one();
+    let (listed, listed_rx) = mpsc::channel(LIST_PAGE as usize);
+    let passes = list_passes(ctx.api.clone(), resync.clone(), listed);
+    let changed = changes.filter_map(move |change| {
+        futures::future::ready(match change {
+            Change::Applied(account) => Some(account),
+            Change::Resync => {
+                resync.notify_one();
+                None
+            }
+        })
+    });
+    let mut listed_rx = listed_rx;
+    let listed = futures::stream::poll_fn(move |cx| listed_rx.poll_recv(cx));
+    let accounts = futures::stream::select(changed, listed);
+    tokio::select! {
+        () = queue::run(accounts, ctx.clone(), CONCURRENT_RECONCILES) => {}
+        () = passes => {}
+        () = prune_schedule(ctx) => {}
+    }
+}
+
+/// Each time `resync` is notified, lists every account, a page at a time, into
+/// `listed`; the queue takes them at the pace it reconciles, so a page is all that is
+/// held. A notification during a pass brings one more pass after it.
+async fn list_passes(
+    api: Api<AcmeDnsAccount>,
+    resync: Arc<Notify>,
+    listed: mpsc::Sender<Arc<AcmeDnsAccount>>,
+) {
+    loop {
+        resync.notified().await;
+        let started = Instant::now();
+        let mut params = ListParams::default().limit(LIST_PAGE);
+        let mut accounts = 0usize;
+        loop {
+            match api.list(&params).await {
+                Ok(page) => {
+                    for mut account in page.items {
+                        account.metadata.managed_fields = None;
+                        accounts += 1;
+                        if listed.send(Arc::new(account)).await.is_err() {
+                            return;
+                        }
+                    }
+                    match page.metadata.continue_ {
+                        Some(next) if !next.is_empty() => params.continue_token = Some(next),
+                        _ => break,
+                    }
+                }
+                // The continue token expired (a pass slower than etcd's compaction):
+                // start over; accounts seen twice are only reconciled twice.
+                Err(kube::Error::Api(s)) if s.code == 410 => {
+                    warn!(
+                        "the pass over every account took too long for its list to continue; starting it over"
+                    );
+                    params.continue_token = None;
+                }
+                Err(error) => {
+                    warn!(%error, "cannot list accounts for the pass over every account; retrying in 5 s");
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                }
+            }
+        }
+        info!(
+            accounts,
+            seconds = started.elapsed().as_secs_f64(),
+            "listed every account for reconciling"
+        );
+    }
+}
+
+/// Every few minutes, forgets the delegation checks of deleted accounts (nothing
+/// reconciles an account that is gone). Never returns.
+async fn prune_schedule(ctx: Arc<Context>) {
     let mut tick = tokio::time::interval(Duration::from_secs(300));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -334,24 +400,53 @@ async fn prune_schedule(store: Store<AcmeDnsAccount>, ctx: Arc<Context>) {
         ctx.schedule
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .retain(|key| {
-                store
-                    .get(&ObjectRef::new(&key.name).within(&key.namespace))
-                    .is_some()
-            });
+            .retain(|key| ctx.index.key(key).is_some());
     }
 }
 
-async fn reconcile(account: Arc<AcmeDnsAccount>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let key = AccountKey::of(&account);
-    let subdomain = subdomain::decide(&account, &ctx.reserved, &ctx.index, subdomain::random_label);
+impl queue::Reconciler for Context {
+    async fn fetch(&self, key: Arc<AccountKey>) -> Result<Option<Arc<AcmeDnsAccount>>, Duration> {
+        let api: Api<AcmeDnsAccount> = Api::namespaced(self.client.clone(), &key.namespace);
+        match api.get_opt(&key.name).await {
+            Ok(account) => Ok(account.map(Arc::new)),
+            Err(error) => {
+                warn!(account = %key, %error, "cannot read the account to reconcile it; retrying in 5 s");
+                Err(Duration::from_secs(5))
+            }
+        }
+    }
+
+    async fn reconcile(
+        &self,
+        key: Arc<AccountKey>,
+        account: Arc<AcmeDnsAccount>,
+    ) -> queue::Requeue {
+        Some(match reconcile(&key, &account, self).await {
+            Ok(requeue) => requeue,
+            Err(error) => error_policy(&key, &error, self),
+        })
+    }
+
+    fn key(&self, account: &AcmeDnsAccount) -> Arc<AccountKey> {
+        let key = AccountKey::of(account);
+        self.index.key(&key).unwrap_or_else(|| Arc::new(key))
+    }
+}
+
+/// Reconciles one account; returns when to look at it again.
+async fn reconcile(
+    key: &Arc<AccountKey>,
+    account: &AcmeDnsAccount,
+    ctx: &Context,
+) -> Result<Duration, Error> {
+    let subdomain = subdomain::decide(account, &ctx.reserved, &ctx.index, subdomain::random_label);
     let delegation = match &subdomain {
-        Subdomain::Assigned(label) => check_delegation_if_due(&account, &key, label, &ctx).await,
+        Subdomain::Assigned(label) => check_delegation_if_due(account, key, label, ctx).await,
         _ => DelegationState::Unchanged,
     };
     let now = Timestamp::now();
     let desired = status::desired_status(&Facts {
-        account: &account,
+        account,
         zone: &ctx.zone,
         subdomain: &subdomain,
         delegation: &delegation,
@@ -361,7 +456,7 @@ async fn reconcile(account: Arc<AcmeDnsAccount>, ctx: Arc<Context>) -> Result<Ac
 
     let current = account.status.clone().unwrap_or_default();
     if account.status.as_ref() != Some(&desired) {
-        let mut updated = (*account).clone();
+        let mut updated = account.clone();
         updated.status = Some(desired.clone());
         // replace_status carries the resourceVersion read: a concurrent write (the
         // webhook adding a TXT value) makes this fail with 409, and the requeue
@@ -369,11 +464,11 @@ async fn reconcile(account: Arc<AcmeDnsAccount>, ctx: Arc<Context>) -> Result<Ac
         let api: Api<AcmeDnsAccount> = Api::namespaced(ctx.client.clone(), &key.namespace);
         api.replace_status(&key.name, &PostParams::default(), &updated)
             .await
-            .map_err(|source| Error::writing_status(&key, source))?;
+            .map_err(|source| Error::writing_status(key, source))?;
         publish(
-            &account,
+            account,
             status::events(&current, &desired, ctx.txt_max_age),
-            &ctx,
+            ctx,
         )
         .await;
     }
@@ -388,14 +483,15 @@ async fn reconcile(account: Arc<AcmeDnsAccount>, ctx: Arc<Context>) -> Result<Ac
         .schedule
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .next_check(&key)
+        .next_check(key)
     {
         requeue = requeue.min(next.saturating_duration_since(Instant::now()));
     }
-    Ok(Action::requeue(requeue.max(Duration::from_secs(1))))
+    Ok(requeue.max(Duration::from_secs(1)))
 }
 
-fn error_policy(account: Arc<AcmeDnsAccount>, error: &Error, ctx: Arc<Context>) -> Action {
+/// Counts a failed reconcile; returns when to try again.
+fn error_policy(account: &AccountKey, error: &Error, ctx: &Context) -> Duration {
     ctx.metrics.reconciles.with_label_values(&["error"]).inc();
     ctx.metrics
         .errors
@@ -404,14 +500,14 @@ fn error_policy(account: Arc<AcmeDnsAccount>, error: &Error, ctx: Arc<Context>) 
     match error {
         // Someone else wrote first; the newer object is already on its way.
         Error::Conflict { .. } | Error::Gone { .. } => {}
-        _ => warn!(account = %AccountKey::of(&account), %error, "reconcile failed; retrying"),
+        _ => warn!(%account, %error, "reconcile failed; retrying"),
     }
-    Action::requeue(error.retry_after())
+    error.retry_after()
 }
 
 async fn check_delegation_if_due(
     account: &AcmeDnsAccount,
-    key: &AccountKey,
+    key: &Arc<AccountKey>,
     label: &str,
     ctx: &Context,
 ) -> DelegationState {
@@ -440,13 +536,7 @@ async fn check_delegation_if_due(
             let held_for = Timestamp::now()
                 .duration_since(condition.last_transition_time.0)
                 .unsigned_abs();
-            schedule.adopt(
-                key,
-                subject.clone(),
-                condition.status == "True",
-                held_for,
-                now,
-            );
+            schedule.adopt(key, &subject, condition.status == "True", held_for, now);
         }
         schedule.due(key, &subject, now)
     };
@@ -481,7 +571,7 @@ async fn check_delegation_if_due(
     ctx.schedule
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .record(key, subject, delegated, Instant::now());
+        .record(key, &subject, delegated, Instant::now());
     DelegationState::Checked(findings)
 }
 

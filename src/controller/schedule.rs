@@ -6,6 +6,8 @@
 
 use std::{
     collections::HashMap,
+    hash::{BuildHasher, BuildHasherDefault, DefaultHasher},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -19,22 +21,28 @@ pub const RECHECK_MIN: Duration = Duration::from_secs(10);
 /// What was checked: the account's domains and the FQDN they must point to.
 pub type Subject = (Vec<String>, String);
 
+/// What is remembered of each account: 32 bytes, and its key shared with the index.
 struct Memo {
-    subject: Subject,
+    /// A hash of the subject checked: only ever compared, so a changed one is seen.
+    subject: u64,
     next_check: Instant,
     failures: u32,
 }
 
+fn subject_hash(subject: &Subject) -> u64 {
+    BuildHasherDefault::<DefaultHasher>::default().hash_one(subject)
+}
+
 #[derive(Default)]
 pub struct DelegationSchedule {
-    memos: HashMap<AccountKey, Memo>,
+    memos: HashMap<Arc<AccountKey>, Memo>,
 }
 
 impl DelegationSchedule {
     /// Whether `subject` of `account` should be checked at `now`.
     pub fn due(&self, account: &AccountKey, subject: &Subject, now: Instant) -> bool {
         match self.memos.get(account) {
-            Some(memo) => memo.subject != *subject || memo.next_check <= now,
+            Some(memo) => memo.subject != subject_hash(subject) || memo.next_check <= now,
             None => true,
         }
     }
@@ -42,12 +50,13 @@ impl DelegationSchedule {
     /// Records a check's outcome; returns when the next one is due.
     pub fn record(
         &mut self,
-        account: &AccountKey,
-        subject: Subject,
+        account: &Arc<AccountKey>,
+        subject: &Subject,
         delegated: bool,
         now: Instant,
     ) -> Instant {
-        let failures = match self.memos.get(account) {
+        let subject = subject_hash(subject);
+        let failures = match self.memos.get(&**account) {
             _ if delegated => 0,
             Some(memo) if memo.subject == subject => memo.failures.saturating_add(1),
             _ => 1,
@@ -75,8 +84,8 @@ impl DelegationSchedule {
     /// failing account carries on with the backoff from there. Returns when it is due.
     pub fn adopt(
         &mut self,
-        account: &AccountKey,
-        subject: Subject,
+        account: &Arc<AccountKey>,
+        subject: &Subject,
         delegated: bool,
         held_for: Duration,
         now: Instant,
@@ -89,14 +98,14 @@ impl DelegationSchedule {
         } else {
             (span.as_secs() / RECHECK_MIN.as_secs()).max(1).ilog2() + 1
         };
-        self.plan(account, subject, next_check, failures)
+        self.plan(account, subject_hash(subject), next_check, failures)
     }
 
     /// Remembers when `account` is checked next and after how many failures.
     fn plan(
         &mut self,
-        account: &AccountKey,
-        subject: Subject,
+        account: &Arc<AccountKey>,
+        subject: u64,
         next_check: Instant,
         failures: u32,
     ) -> Instant {
@@ -135,7 +144,6 @@ impl DelegationSchedule {
 /// so the checks of many accounts spread evenly, and each replica places an account at
 /// the same point.
 fn spread(account: &AccountKey) -> f64 {
-    use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
     let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one(account);
     (hash >> 11) as f64 / (1u64 << 53) as f64
 }
@@ -144,11 +152,11 @@ fn spread(account: &AccountKey) -> f64 {
 mod tests {
     use super::*;
 
-    fn key() -> AccountKey {
-        AccountKey {
+    fn key() -> Arc<AccountKey> {
+        Arc::new(AccountKey {
             namespace: "team".into(),
             name: "a".into(),
-        }
+        })
     }
 
     fn subject(domain: &str) -> Subject {
@@ -168,7 +176,7 @@ mod tests {
         let mut now = start;
         let mut waits = Vec::new();
         for _ in 0..12 {
-            let next = schedule.record(&key(), subject("example.test"), false, now);
+            let next = schedule.record(&key(), &subject("example.test"), false, now);
             waits.push((next - now).as_secs());
             assert!(!schedule.due(&key(), &subject("example.test"), now));
             assert!(schedule.due(&key(), &subject("example.test"), next));
@@ -185,11 +193,11 @@ mod tests {
         let mut schedule = DelegationSchedule::default();
         let now = Instant::now();
         for _ in 0..5 {
-            schedule.record(&key(), subject("example.test"), false, now);
+            schedule.record(&key(), &subject("example.test"), false, now);
         }
-        let next = schedule.record(&key(), subject("example.test"), true, now);
+        let next = schedule.record(&key(), &subject("example.test"), true, now);
         assert_eq!(next - now, RECHECK_MAX);
-        let next = schedule.record(&key(), subject("example.test"), false, now);
+        let next = schedule.record(&key(), &subject("example.test"), false, now);
         assert_eq!(
             next - now,
             RECHECK_MIN,
@@ -202,10 +210,10 @@ mod tests {
         let mut schedule = DelegationSchedule::default();
         let now = Instant::now();
         for _ in 0..5 {
-            schedule.record(&key(), subject("example.test"), false, now);
+            schedule.record(&key(), &subject("example.test"), false, now);
         }
         assert!(schedule.due(&key(), &subject("other.test"), now));
-        let next = schedule.record(&key(), subject("other.test"), false, now);
+        let next = schedule.record(&key(), &subject("other.test"), false, now);
         assert_eq!(next - now, RECHECK_MIN);
     }
 
@@ -213,10 +221,12 @@ mod tests {
     fn adopted_outcomes_spread_the_first_checks_over_as_long_as_they_held() {
         let mut schedule = DelegationSchedule::default();
         let now = Instant::now();
-        let accounts: Vec<AccountKey> = (0..1000)
-            .map(|i| AccountKey {
-                namespace: "team".into(),
-                name: format!("a{i}"),
+        let accounts: Vec<Arc<AccountKey>> = (0..1000)
+            .map(|i| {
+                Arc::new(AccountKey {
+                    namespace: "team".into(),
+                    name: format!("a{i}"),
+                })
             })
             .collect();
         let waits: Vec<Duration> = accounts
@@ -224,7 +234,7 @@ mod tests {
             .map(|a| {
                 schedule.adopt(
                     a,
-                    subject("example.test"),
+                    &subject("example.test"),
                     true,
                     Duration::from_secs(86400),
                     now,
@@ -256,7 +266,7 @@ mod tests {
         let now = Instant::now();
         let next = schedule.adopt(
             &key(),
-            subject("example.test"),
+            &subject("example.test"),
             false,
             Duration::from_secs(3),
             now,
@@ -269,13 +279,13 @@ mod tests {
         // not the first one's 10 s.
         schedule.adopt(
             &key(),
-            subject("example.test"),
+            &subject("example.test"),
             false,
             Duration::from_secs(300),
             now,
         );
         let later = now + Duration::from_secs(400);
-        let next = schedule.record(&key(), subject("example.test"), false, later);
+        let next = schedule.record(&key(), &subject("example.test"), false, later);
         assert_eq!(next - later, Duration::from_secs(320));
         assert!(schedule.knows(&key()));
     }
@@ -284,7 +294,7 @@ mod tests {
     fn forgotten_accounts_are_due_again() {
         let mut schedule = DelegationSchedule::default();
         let now = Instant::now();
-        schedule.record(&key(), subject("example.test"), true, now);
+        schedule.record(&key(), &subject("example.test"), true, now);
         schedule.retain(|_| false);
         assert!(schedule.due(&key(), &subject("example.test"), now));
         assert_eq!(schedule.next_check(&key()), None);
@@ -293,14 +303,14 @@ mod tests {
     #[test]
     fn deleted_accounts_are_forgotten() {
         let mut schedule = DelegationSchedule::default();
-        let other = AccountKey {
+        let other = Arc::new(AccountKey {
             namespace: "team".into(),
             name: "b".into(),
-        };
+        });
         let now = Instant::now();
-        schedule.record(&key(), subject("example.test"), false, now);
-        schedule.record(&other, subject("other.test"), false, now);
-        schedule.retain(|account| *account == other);
+        schedule.record(&key(), &subject("example.test"), false, now);
+        schedule.record(&other, &subject("other.test"), false, now);
+        schedule.retain(|account| *account == *other);
         assert_eq!(schedule.len(), 1);
         assert!(schedule.next_check(&key()).is_none());
         assert!(schedule.next_check(&other).is_some());

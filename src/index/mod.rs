@@ -12,7 +12,7 @@
 //! namespace/name, so every replica picks the same one.
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::HashMap,
     hash::{Hash, Hasher},
     sync::{Arc, Mutex},
     time::Duration,
@@ -163,11 +163,54 @@ struct Claim {
 struct Entry {
     /// The resourceVersions applied for this account, newest last, so a writer can wait
     /// until the watch has delivered what it wrote (see [`AccountIndex::wait_for`]).
-    versions: VecDeque<Box<str>>,
+    versions: Versions,
     created: Option<Timestamp>,
     domains: Vec<String>,
     /// What the account would serve, if it has a label; it claims that label.
     served: Option<Arc<ServedName>>,
+    /// `spec.subdomain` while the status does not serve it yet (a new account), for the
+    /// acme-dns API, which must accept an update right after registering.
+    requested: Option<Box<str>>,
+    /// `spec.allowFrom`, for the acme-dns API; empty for almost every account.
+    allow_from: Box<[Box<str>]>,
+}
+
+/// The last few resourceVersions applied to an account, each kept as a hash: eight bytes
+/// each instead of a string, and only ever compared for equality. 0 is an empty slot.
+#[derive(Default)]
+struct Versions([u64; VERSIONS_KEPT]);
+
+impl Versions {
+    fn hash(version: &str) -> u64 {
+        use std::hash::BuildHasher;
+        std::hash::BuildHasherDefault::<std::hash::DefaultHasher>::default()
+            .hash_one(version)
+            .max(1)
+    }
+
+    /// Adds `version` as the newest, unless it is the newest already.
+    fn push(&mut self, version: &str) {
+        let hash = Self::hash(version);
+        if self.0[VERSIONS_KEPT - 1] != hash {
+            self.0.rotate_left(1);
+            self.0[VERSIONS_KEPT - 1] = hash;
+        }
+    }
+
+    fn contains(&self, version: &str) -> bool {
+        let hash = Self::hash(version);
+        self.0.contains(&hash)
+    }
+}
+
+/// What the acme-dns API needs of an account besides its credentials.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApiView {
+    /// The label it is served under (`status.subdomain`, or `spec.subdomain` before the
+    /// status says).
+    pub subdomain: String,
+    /// `spec.allowFrom` as written.
+    pub allow_from: Vec<String>,
 }
 
 #[derive(Default)]
@@ -261,7 +304,7 @@ impl AccountIndex {
         state
             .accounts
             .get(account)
-            .is_some_and(|e| e.versions.iter().any(|v| &**v == version))
+            .is_some_and(|e| e.versions.contains(version))
     }
 
     /// Waits up to `bound` until the index has applied `version` of `account` (what a
@@ -324,6 +367,31 @@ impl AccountIndex {
             .unwrap_or_default()
     }
 
+    /// The account as the acme-dns API sees it, if the index holds it and it has a label.
+    pub fn api_view(&self, account: &AccountKey) -> Option<ApiView> {
+        let state = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = state.accounts.get(account)?;
+        let subdomain = match (&entry.served, &entry.requested) {
+            (Some(served), _) => String::from_utf8_lossy(served.label.as_bytes()).into_owned(),
+            (None, Some(requested)) => requested.to_string(),
+            (None, None) => return None,
+        };
+        Some(ApiView {
+            subdomain,
+            allow_from: entry.allow_from.iter().map(|c| c.to_string()).collect(),
+        })
+    }
+
+    /// The index's own key of `account` (one allocation shared by everything that
+    /// remembers the account), if it holds the account.
+    pub fn key(&self, account: &AccountKey) -> Option<Arc<AccountKey>> {
+        let state = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        state
+            .accounts
+            .get_key_value(account)
+            .map(|(k, _)| k.clone())
+    }
+
     /// The account served at `label`, if any.
     pub fn account_for_label(&self, label: &Label) -> Option<AccountKey> {
         self.with_served(label, |served| (*served.account).clone())
@@ -352,13 +420,8 @@ impl AccountIndex {
             .get_mut(&key)
             .map(|e| std::mem::take(&mut e.versions))
             .unwrap_or_default();
-        if let Some(version) = account.metadata.resource_version.as_deref()
-            && versions.back().map(|v| &**v) != Some(version)
-        {
-            if versions.len() == VERSIONS_KEPT {
-                versions.pop_front();
-            }
-            versions.push_back(version.into());
+        if let Some(version) = account.metadata.resource_version.as_deref() {
+            versions.push(version);
         }
         let status = account.status.as_ref();
         let label = status
@@ -399,6 +462,18 @@ impl AccountIndex {
                 .or_insert_with(|| Vec::with_capacity(1));
             add_claim(claims, claim.clone());
         }
+        let requested = account
+            .spec
+            .subdomain
+            .as_ref()
+            .filter(|s| label.is_none_or(|l| l.as_bytes() != s.0.as_bytes()))
+            .map(|s| s.0.as_str().into());
+        let allow_from = account
+            .spec
+            .allow_from
+            .iter()
+            .map(|c| c.0.as_str().into())
+            .collect();
         let previous = state.accounts.insert(
             key.clone(),
             Entry {
@@ -406,6 +481,8 @@ impl AccountIndex {
                 created: claim.created,
                 domains,
                 served,
+                requested,
+                allow_from,
             },
         );
         let old_claim = previous.as_ref().map(|old| Claim {
