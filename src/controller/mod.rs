@@ -368,13 +368,24 @@ async fn list_passes(
                         _ => break,
                     }
                 }
-                // The continue token expired (a pass slower than etcd's compaction):
-                // start over; accounts seen twice are only reconciled twice.
+                // The continue token expired: the pass was slower than etcd's compaction
+                // (5 minutes), as a first pass over many accounts writing their status
+                // is. The API server offers a token to go on from there with a list no
+                // longer a snapshot, which is all a pass needs: changes since arrive
+                // through the watch anyway. Without one, start over.
                 Err(kube::Error::Api(s)) if s.code == 410 => {
-                    warn!(
-                        "the pass over every account took too long for its list to continue; starting it over"
-                    );
-                    params.continue_token = None;
+                    let resume = s
+                        .metadata
+                        .as_ref()
+                        .and_then(|m| m.continue_.clone())
+                        .filter(|c| !c.is_empty());
+                    if resume.is_none() {
+                        warn!(
+                            accounts,
+                            "the pass over every account took too long for its list to continue; starting it over"
+                        );
+                    }
+                    params.continue_token = resume;
                 }
                 Err(error) => {
                     warn!(%error, "cannot list accounts for the pass over every account; retrying in 5 s");
