@@ -5,7 +5,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: run test e2e e2e-kind lint build generate deps tools image cluster-up cluster-down cluster-env aggregation-check bench bench-dns bench-api bench-scale fuzz soak
+.PHONY: run test e2e e2e-kind lint build generate deps tools image cluster-up cluster-down cluster-env aggregation-check bench bench-dns bench-api bench-scale bench-issuance fuzz soak
 
 ## run: start a local control plane, install the CRD and a sample account, run `serve`
 run: deps tools
@@ -67,7 +67,7 @@ aggregation-check:
 	@e2e/aggregation-check.sh
 
 ## bench: every benchmark; results go to bench/results/ with the machine and date
-bench: bench-dns bench-api bench-scale
+bench: bench-dns bench-api bench-scale bench-issuance
 
 ## bench-dns: dnsperf against our responder, Knot and BIND serving the same TXT names
 bench-dns:
@@ -77,6 +77,11 @@ bench-dns:
 ## with every role: start → ready, memory, DNS answers/s, update → answer, Presents/s
 bench-scale: deps tools
 	@bench/scale.sh
+
+## bench-issuance: Certificate → Ready through Pebble and cert-manager's controllers, our webhook
+## against cert-manager's RFC 2136 solver writing to BIND, 5 each (ISSUANCE_CERTIFICATES)
+bench-issuance: deps tools
+	@bench/issuance.sh
 
 ## bench-api: /update throughput and latency, update→answer on two replicas (bcrypt cost 10),
 ## and DNS latency during a storm of bad API credentials

@@ -26,6 +26,11 @@ pub struct Solver {
 /// port in the APIService, the test CA as caBundle. Waits until it is Available and
 /// discovery through kube-apiserver reaches it.
 pub async fn start_solver(extra: &[&str]) -> Solver {
+    start_solver_with_log(extra, None).await
+}
+
+/// `start_solver`, logging where `log` says (else to the test's stderr).
+pub async fn start_solver_with_log(extra: &[&str], log: Option<super::ServeLog<'_>>) -> Solver {
     let service = format!("{RELEASE}-kube-acme-dns");
     // The name the aggregator checks: <service>.<namespace>.svc.
     let server_name = format!("{service}.{RELEASE_NAMESPACE}.svc");
@@ -44,7 +49,11 @@ pub async fn start_solver(extra: &[&str]) -> Solver {
         key.to_str().unwrap(),
     ];
     args.extend_from_slice(extra);
-    let serve = super::spawn_serve_all_namespaces(super::chart_identity_kubeconfig(), &args);
+    let kubeconfig = super::chart_identity_kubeconfig();
+    let serve = match log {
+        Some(log) => super::spawn_serve_all_namespaces_logging(kubeconfig, &args, log),
+        None => super::spawn_serve_all_namespaces(kubeconfig, &args),
+    };
     let ready_after = super::wait_ready(&serve).await;
 
     let rendered = super::render_chart(&["--show-only", "templates/apiservice.yaml"]);
@@ -110,15 +119,23 @@ pub async fn start_solver(extra: &[&str]) -> Solver {
 /// its own, and a delegation resolver that answers nothing (these tests publish no CNAME
 /// to check).
 pub async fn start_all_roles(lease: &str) -> Solver {
-    start_solver(&[
-        "--roles",
-        "dns,controller,webhook",
-        "--leader-election-namespace",
-        RELEASE_NAMESPACE,
-        "--leader-election-lease",
-        lease,
-        "--delegation-resolver",
-        "127.0.0.1:9",
-    ])
+    start_all_roles_with_log(lease, None).await
+}
+
+/// `start_all_roles`, logging where `log` says (else to the test's stderr).
+pub async fn start_all_roles_with_log(lease: &str, log: Option<super::ServeLog<'_>>) -> Solver {
+    start_solver_with_log(
+        &[
+            "--roles",
+            "dns,controller,webhook",
+            "--leader-election-namespace",
+            RELEASE_NAMESPACE,
+            "--leader-election-lease",
+            lease,
+            "--delegation-resolver",
+            "127.0.0.1:9",
+        ],
+        log,
+    )
     .await
 }

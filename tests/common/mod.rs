@@ -5,6 +5,7 @@
 
 pub mod acme_api;
 pub mod aggregation;
+pub mod bind;
 pub mod cert_manager;
 pub mod certificate;
 pub mod daemon;
@@ -329,7 +330,24 @@ pub fn spawn_serve(namespace: &str, lease: &str, extra: &[&str]) -> Serve {
 
 /// Starts `serve` watching every namespace.
 pub fn spawn_serve_all_namespaces(kubeconfig: std::path::PathBuf, extra: &[&str]) -> Serve {
-    spawn(kubeconfig, extra)
+    spawn(kubeconfig, extra, None)
+}
+
+/// Where a `serve` logs, for a test that reads its log: a file, and the `RUST_LOG` filter.
+/// Without one, it logs to the test's stderr at `info`.
+#[derive(Clone, Copy)]
+pub struct ServeLog<'a> {
+    pub path: &'a std::path::Path,
+    pub filter: &'a str,
+}
+
+/// Starts `serve` watching every namespace, logging to `log`.
+pub fn spawn_serve_all_namespaces_logging(
+    kubeconfig: std::path::PathBuf,
+    extra: &[&str],
+    log: ServeLog,
+) -> Serve {
+    spawn(kubeconfig, extra, Some(log))
 }
 
 pub fn spawn_serve_as(
@@ -345,10 +363,10 @@ pub fn spawn_serve_as(
         lease,
     ];
     args.extend_from_slice(extra);
-    spawn(kubeconfig, &args)
+    spawn(kubeconfig, &args, None)
 }
 
-fn spawn(kubeconfig: std::path::PathBuf, extra: &[&str]) -> Serve {
+fn spawn(kubeconfig: std::path::PathBuf, extra: &[&str], log: Option<ServeLog>) -> Serve {
     let ports = free_ports(2);
     let (dns, metrics): (std::net::SocketAddr, std::net::SocketAddr) = (
         format!("127.0.0.1:{}", ports[0]).parse().unwrap(),
@@ -357,6 +375,16 @@ fn spawn(kubeconfig: std::path::PathBuf, extra: &[&str]) -> Serve {
     let started = std::time::Instant::now();
     // Benchmarks may measure another build (KAD_SERVE_BIN), e.g. to compare two.
     let bin = std::env::var("KAD_SERVE_BIN").unwrap_or_else(|_| BIN.to_string());
+    let (filter, stderr) = match log {
+        Some(log) => (
+            log.filter,
+            std::process::Stdio::from(
+                std::fs::File::create(log.path)
+                    .unwrap_or_else(|e| panic!("create {}: {e}", log.path.display())),
+            ),
+        ),
+        None => ("info", std::process::Stdio::inherit()),
+    };
     let child = tokio::process::Command::new(bin)
         .args(["serve", "--zone", "auth.example.test"])
         .args(["--dns-addr", &dns.to_string()])
@@ -372,9 +400,9 @@ fn spawn(kubeconfig: std::path::PathBuf, extra: &[&str]) -> Serve {
         // this). Its own tests are in src/dns/rrl.rs and src/dns/server.rs.
         .env("KUBE_ACME_DNS_RRL_RATE", "1000000")
         .env("KUBE_ACME_DNS_RRL_BURST", "1000000")
-        .env("RUST_LOG", "info")
+        .env("RUST_LOG", filter)
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::inherit())
+        .stderr(stderr)
         .kill_on_drop(true)
         .spawn()
         .expect("start kube-acme-dns serve");
