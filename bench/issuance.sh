@@ -20,14 +20,6 @@ source "$ROOT/e2e/lib.sh"
 # unbound: the resolver; bind9: named, the RFC 2136 side; openssl checks what was issued.
 ensure_debian_packages unbound bind9 bind9-utils openssl
 
-started_cluster=false
-cleanup() {
-  if $started_cluster; then
-    say "stopping the local control plane this run started"
-    e2e/cluster.sh down >/dev/null 2>&1 || say "could not stop the local control plane: run e2e/cluster.sh down"
-  fi
-}
-trap cleanup EXIT
 
 say "building cert-manager's controllers and Pebble (Go; first time only, a few minutes)"
 e2e/cert-manager/build.sh
@@ -36,12 +28,7 @@ e2e/pebble.sh build
 say "building the release binary and the benchmark (the first build takes several minutes)"
 cargo test --release --no-run --quiet --test bench_issuance 2>&1 | grep -v '^\s*Executable' >&2 || true
 
-if ! e2e/cluster.sh status >/dev/null 2>&1; then
-  say "starting the local control plane"
-  started_cluster=true
-  e2e/cluster.sh up
-fi
-eval "$(e2e/cluster.sh env)"
+use_local_cluster bench-issuance
 
 say "${ISSUANCE_CERTIFICATES:-5} Certificates per solver, one of each at a time (about 2 minutes a round); progress below"
 cargo test --release --quiet --test bench_issuance -- --ignored --nocapture

@@ -205,3 +205,18 @@ build_oci_archive() {
   "${b[@]}" rmi "$ref" >/dev/null
   mv "$archive.tmp" "$archive"
 }
+
+# Points what follows at the local control plane (exports its KUBECONFIG and PATH): the
+# one already up, or one started now and stopped when the calling script exits. $1 names
+# the caller in messages. It sets the EXIT trap, so the caller must not set its own.
+use_local_cluster() {
+  local who=$1 repo
+  repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+  if ! "$repo/e2e/cluster.sh" status >/dev/null 2>&1; then
+    printf '[%s] starting the local control plane\n' "$who" >&2
+    # shellcheck disable=SC2064 # the paths are expanded now, on purpose
+    trap "'$repo/e2e/cluster.sh' down >/dev/null 2>&1 || printf '[%s] could not stop the local control plane: run e2e/cluster.sh down\n' '$who' >&2" EXIT
+    "$repo/e2e/cluster.sh" up
+  fi
+  eval "$("$repo/e2e/cluster.sh" env)"
+}

@@ -36,11 +36,9 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use base64::{Engine, prelude::BASE64_STANDARD};
 use kube::{
     Api,
     api::{DynamicObject, PostParams},
-    discovery::ApiResource,
 };
 use serde_json::{Value, json};
 
@@ -92,16 +90,6 @@ struct Issued {
     /// just before it replies) → our server answers the value, ms, negative when the
     /// answer came first. cert-manager checks the value right after the Present returns.
     done_to_answer: Vec<Option<f64>>,
-}
-
-fn certificate_resource() -> ApiResource {
-    ApiResource {
-        group: "cert-manager.io".into(),
-        version: "v1".into(),
-        api_version: "cert-manager.io/v1".into(),
-        kind: "Certificate".into(),
-        plural: "certificates".into(),
-    }
 }
 
 /// Polls `server` for the TXT values of `name` every [`POLL`] until `stop`; returns when
@@ -163,8 +151,11 @@ async fn issue(
     let name = domain.replace('.', "-");
     let stop = Arc::new(AtomicBool::new(false));
     let poller = poll_answers(dns, polled_name.clone(), stop.clone());
-    let certificates: Api<DynamicObject> =
-        Api::namespaced_with(common::client().await, namespace, &certificate_resource());
+    let certificates: Api<DynamicObject> = Api::namespaced_with(
+        common::client().await,
+        namespace,
+        &cert_manager::certificate_resource(),
+    );
     let object: DynamicObject = serde_json::from_value(json!({
         "apiVersion": "cert-manager.io/v1",
         "kind": "Certificate",
@@ -288,17 +279,7 @@ async fn issue(
 /// Creates a ClusterIssuer for Pebble with one DNS-01 solver and waits until its ACME
 /// account is registered, so no issuance measured includes the registration.
 async fn cluster_issuer(name: &str, pebble: &Pebble, dns01: Value) {
-    let issuer = json!({
-        "apiVersion": "cert-manager.io/v1",
-        "kind": "ClusterIssuer",
-        "metadata": { "name": name },
-        "spec": { "acme": {
-            "server": pebble.directory,
-            "caBundle": BASE64_STANDARD.encode(&pebble.https_ca.cert.cert_pem),
-            "privateKeySecretRef": { "name": format!("{name}-account-key") },
-            "solvers": [ { "dns01": dns01 } ],
-        } },
-    });
+    let issuer = pebble.cluster_issuer(name, dns01);
     common::run("kubectl", &["apply", "-f", "-"], Some(&issuer.to_string()));
     common::eventually(
         &format!("ClusterIssuer {name} Ready"),

@@ -11,7 +11,6 @@ use std::time::Duration;
 use kube::{Api, api::PostParams};
 use serde_json::json;
 
-use base64::{Engine, prelude::BASE64_STANDARD};
 use common::{
     aggregation, cert_manager, certificate, knot::zone_text, pebble::Pebble, unbound::Unbound,
 };
@@ -36,17 +35,7 @@ async fn issue(
     if let Some(strategy) = cname_strategy {
         dns01["cnameStrategy"] = json!(strategy);
     }
-    let issuer = json!({
-        "apiVersion": "cert-manager.io/v1",
-        "kind": "ClusterIssuer",
-        "metadata": { "name": name },
-        "spec": { "acme": {
-            "server": pebble.directory,
-            "caBundle": BASE64_STANDARD.encode(&pebble.https_ca.cert.cert_pem),
-            "privateKeySecretRef": { "name": format!("{name}-account-key") },
-            "solvers": [ { "dns01": dns01 } ],
-        } },
-    });
+    let issuer = pebble.cluster_issuer(name, dns01);
     let certificate = json!({
         "apiVersion": "cert-manager.io/v1",
         "kind": "Certificate",

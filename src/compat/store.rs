@@ -105,8 +105,8 @@ pub struct CredentialIndex {
 impl CredentialIndex {
     fn apply(&self, secret: &Secret) {
         let key = AccountKey {
-            namespace: secret.namespace().unwrap_or_default(),
-            name: secret.name_any(),
+            namespace: secret.namespace().unwrap_or_default().into(),
+            name: secret.name_any().into(),
         };
         self.delete(&key);
         let data = secret.data.clone().unwrap_or_default();
@@ -125,7 +125,7 @@ impl CredentialIndex {
         };
         let account = AccountKey {
             namespace: key.namespace.clone(),
-            name: account,
+            name: account.into(),
         };
         self.entries
             .write()
@@ -168,8 +168,8 @@ impl CredentialIndex {
             match event {
                 Ok(watcher::Event::Apply(secret)) => self.apply(&secret),
                 Ok(watcher::Event::Delete(secret)) => self.delete(&AccountKey {
-                    namespace: secret.namespace().unwrap_or_default(),
-                    name: secret.name_any(),
+                    namespace: secret.namespace().unwrap_or_default().into(),
+                    name: secret.name_any().into(),
                 }),
                 Ok(watcher::Event::Init) => relist.clear(),
                 Ok(watcher::Event::InitApply(secret)) => relist.push(secret),

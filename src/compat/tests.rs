@@ -49,7 +49,7 @@ impl AccountStore for MemoryStore {
             Credentials {
                 account: AccountKey {
                     namespace: "acme-dns".into(),
-                    name: subdomain.clone(),
+                    name: subdomain.as_str().into(),
                 },
                 subdomain: subdomain.clone(),
                 key_hash: key_hash.to_string(),
@@ -246,7 +246,7 @@ async fn update_with_the_registered_credentials_writes_and_echoes_the_value() {
     let updates = store.updates.lock().unwrap();
     assert_eq!(updates.len(), 1);
     assert_eq!(updates[0].1, TXT);
-    assert_eq!(updates[0].0.name, account["subdomain"].as_str().unwrap());
+    assert_eq!(&*updates[0].0.name, account["subdomain"].as_str().unwrap());
 }
 
 /// What is tried, the headers, the body, and the caller's address.

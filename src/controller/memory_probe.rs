@@ -210,7 +210,7 @@ fn heap_per_account_at_100k() {
         .map(|i| {
             Arc::new(AccountKey {
                 namespace: "bench-scale".into(),
-                name: format!("acct-{i:06}"),
+                name: format!("acct-{i:06}").into(),
             })
         })
         .collect();

@@ -233,7 +233,7 @@ mod tests {
                 .lock()
                 .unwrap()
                 .push(format!("fetch {}", account.name));
-            Ok(self.stored.lock().unwrap().get(&account.name).cloned())
+            Ok(self.stored.lock().unwrap().get(&*account.name).cloned())
         }
 
         async fn reconcile(&self, key: Arc<AccountKey>, account: Arc<AcmeDnsAccount>) -> Requeue {
@@ -241,7 +241,7 @@ mod tests {
             {
                 let mut running = self.running.lock().unwrap();
                 assert!(
-                    running.insert(name.clone()),
+                    running.insert(name.to_string()),
                     "{name} reconciled twice at once"
                 );
                 let mut most = self.most_at_once.lock().unwrap();
@@ -250,7 +250,7 @@ mod tests {
             let version = account.metadata.resource_version.clone().unwrap();
             self.log.lock().unwrap().push(format!("{name}@{version}"));
             tokio::time::sleep(self.work).await;
-            self.running.lock().unwrap().remove(&name);
+            self.running.lock().unwrap().remove(&*name);
             self.requeue
         }
     }
@@ -325,7 +325,7 @@ mod tests {
         for i in 0..(OBJECTS_HELD + 10) {
             let key = Arc::new(AccountKey {
                 namespace: "team".into(),
-                name: format!("a{i}"),
+                name: format!("a{i}").into(),
             });
             queue.push(key, Some(account(&format!("a{i}"), "1")));
         }

@@ -225,7 +225,7 @@ mod tests {
             .map(|i| {
                 Arc::new(AccountKey {
                     namespace: "team".into(),
-                    name: format!("a{i}"),
+                    name: format!("a{i}").into(),
                 })
             })
             .collect();

@@ -88,19 +88,20 @@ impl FromIterator<Label> for ReservedLabels {
     }
 }
 
-/// `namespace/name` of an account.
+/// `namespace/name` of an account. The namespace is shared: the index keeps one copy of
+/// each namespace's name for all its accounts.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct AccountKey {
-    pub namespace: String,
-    pub name: String,
+    pub namespace: Arc<str>,
+    pub name: Box<str>,
 }
 
 impl AccountKey {
     pub fn of(account: &AcmeDnsAccount) -> Self {
         let (namespace, name) = key_of(account);
         Self {
-            namespace: namespace.to_owned(),
-            name: name.to_owned(),
+            namespace: namespace.into(),
+            name: name.into(),
         }
     }
 }
@@ -165,13 +166,21 @@ struct Entry {
     /// until the watch has delivered what it wrote (see [`AccountIndex::wait_for`]).
     versions: Versions,
     created: Option<Timestamp>,
-    domains: Vec<String>,
+    /// Its `spec.domains` (lowercase), each shared with the key of `WriterState::domains`.
+    domains: Box<[Arc<str>]>,
     /// What the account would serve, if it has a label; it claims that label.
     served: Option<Arc<ServedName>>,
-    /// `spec.subdomain` while the status does not serve it yet (a new account), for the
-    /// acme-dns API, which must accept an update right after registering.
+    /// What only the acme-dns API reads, when there is any.
+    api: Option<Box<ApiFields>>,
+}
+
+/// Fields of an account only the acme-dns API reads, kept apart so the many accounts
+/// without them pay one pointer.
+struct ApiFields {
+    /// `spec.subdomain` while the status does not serve it yet (a new account): the API
+    /// must accept an update right after registering.
     requested: Option<Box<str>>,
-    /// `spec.allowFrom`, for the acme-dns API; empty for almost every account.
+    /// `spec.allowFrom`.
     allow_from: Box<[Box<str>]>,
 }
 
@@ -216,13 +225,15 @@ pub struct ApiView {
 #[derive(Default)]
 struct WriterState {
     accounts: HashMap<Arc<AccountKey>, Entry>,
+    /// The namespaces of the accounts, each held once (the keys share them).
+    namespaces: std::collections::HashSet<Arc<str>>,
     /// Labels claimed by more than one account → their claims, oldest first. A label
     /// with one claimant is not here: that claimant is the account published at it, so
     /// the common case costs no second map entry and no second copy of the label.
     contested: HashMap<Label, Vec<Claim>>,
     /// `spec.domains` (lowercase) → accounts listing it, oldest first, for the
     /// webhook's lookup.
-    domains: HashMap<String, Vec<Claim>>,
+    domains: HashMap<Arc<str>, Vec<Claim>>,
 }
 
 impl WriterState {
@@ -362,7 +373,7 @@ impl AccountIndex {
         let domain = domain.trim_end_matches('.').to_ascii_lowercase();
         state
             .domains
-            .get(&domain)
+            .get(domain.as_str())
             .map(|c| c.iter().map(|claim| (*claim.account).clone()).collect())
             .unwrap_or_default()
     }
@@ -371,14 +382,17 @@ impl AccountIndex {
     pub fn api_view(&self, account: &AccountKey) -> Option<ApiView> {
         let state = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         let entry = state.accounts.get(account)?;
-        let subdomain = match (&entry.served, &entry.requested) {
+        let api = entry.api.as_deref();
+        let subdomain = match (&entry.served, api.and_then(|a| a.requested.as_deref())) {
             (Some(served), _) => String::from_utf8_lossy(served.label.as_bytes()).into_owned(),
             (None, Some(requested)) => requested.to_string(),
             (None, None) => return None,
         };
         Some(ApiView {
             subdomain,
-            allow_from: entry.allow_from.iter().map(|c| c.to_string()).collect(),
+            allow_from: api
+                .map(|a| a.allow_from.iter().map(|c| c.to_string()).collect())
+                .unwrap_or_default(),
         })
     }
 
@@ -411,7 +425,19 @@ impl AccountIndex {
         // The key already known is shared, not kept twice.
         let key = match state.accounts.get_key_value(&key) {
             Some((known, _)) => known.clone(),
-            None => Arc::new(key),
+            None => {
+                let namespace = match state.namespaces.get(&key.namespace) {
+                    Some(known) => known.clone(),
+                    None => {
+                        state.namespaces.insert(key.namespace.clone());
+                        key.namespace
+                    }
+                };
+                Arc::new(AccountKey {
+                    namespace,
+                    name: key.name,
+                })
+            }
         };
         // The watch is the only writer and delivers events in order, so what arrives
         // last is the newest state: no comparing of resourceVersions, which are opaque.
@@ -444,16 +470,20 @@ impl AccountIndex {
             })
         });
 
-        let mut domains: Vec<String> = account
+        let mut listed: Vec<String> = account
             .spec
             .domains
             .iter()
             .map(|d| d.0.trim_end_matches('.').to_ascii_lowercase())
             .collect();
-        domains.sort();
-        domains.dedup();
-        domains.shrink_to_fit();
-        for domain in &domains {
+        listed.sort();
+        listed.dedup();
+        let mut domains = Vec::with_capacity(listed.len());
+        for domain in listed {
+            let domain = match state.domains.get_key_value(domain.as_str()) {
+                Some((known, _)) => known.clone(),
+                None => Arc::from(domain),
+            };
             // Room for one: a domain is almost always listed by a single account, and
             // the first push would otherwise reserve four.
             let claims = state
@@ -461,6 +491,7 @@ impl AccountIndex {
                 .entry(domain.clone())
                 .or_insert_with(|| Vec::with_capacity(1));
             add_claim(claims, claim.clone());
+            domains.push(domain);
         }
         let requested = account
             .spec
@@ -468,21 +499,26 @@ impl AccountIndex {
             .as_ref()
             .filter(|s| label.is_none_or(|l| l.as_bytes() != s.0.as_bytes()))
             .map(|s| s.0.as_str().into());
-        let allow_from = account
+        let allow_from: Box<[Box<str>]> = account
             .spec
             .allow_from
             .iter()
             .map(|c| c.0.as_str().into())
             .collect();
+        let api = (requested.is_some() || !allow_from.is_empty()).then(|| {
+            Box::new(ApiFields {
+                requested,
+                allow_from,
+            })
+        });
         let previous = state.accounts.insert(
             key.clone(),
             Entry {
                 versions,
                 created: claim.created,
-                domains,
+                domains: domains.into(),
                 served,
-                requested,
-                allow_from,
+                api,
             },
         );
         let old_claim = previous.as_ref().map(|old| Claim {
@@ -491,7 +527,7 @@ impl AccountIndex {
         });
         if let (Some(old), Some(old_claim)) = (&previous, &old_claim) {
             let current = &state.accounts[&key].domains;
-            let stale: Vec<String> = old
+            let stale: Vec<Arc<str>> = old
                 .domains
                 .iter()
                 .filter(|d| !current.contains(d) || *old_claim != claim)

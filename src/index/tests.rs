@@ -26,7 +26,7 @@ fn account(name: &str, created: i64, label: Option<&str>, values: &[&str]) -> Ac
 fn served(index: &AccountIndex, label: &str) -> Option<(String, u16)> {
     index
         .lookup(&Label::new(label.as_bytes()).unwrap())
-        .map(|s| (s.account.name.clone(), s.txt.count))
+        .map(|s| (s.account.name.to_string(), s.txt.count))
 }
 
 #[test]
@@ -88,7 +88,7 @@ fn on_a_collision_the_oldest_account_is_served_and_the_next_takes_over() {
     let claimants: Vec<String> = index
         .claimants(&Label::new(b"shared").unwrap())
         .into_iter()
-        .map(|k| k.name)
+        .map(|k| k.name.into())
         .collect();
     assert_eq!(claimants, ["older", "younger"]);
     // The younger one changing its values does not displace the older one.
@@ -102,7 +102,7 @@ fn claimants(index: &AccountIndex, label: &str) -> Vec<String> {
     index
         .claimants(&Label::new(label.as_bytes()).unwrap())
         .into_iter()
-        .map(|k| k.name)
+        .map(|k| k.name.into())
         .collect()
 }
 
@@ -216,7 +216,7 @@ fn accounts_are_found_by_the_domains_they_list() {
         index
             .accounts_for_domain(d)
             .into_iter()
-            .map(|k| k.name)
+            .map(|k| k.name.into())
             .collect()
     };
     assert_eq!(names("example.test."), ["a", "b"]);

@@ -71,15 +71,12 @@ impl AccountResolver {
         let allowed = |account: &AccountKey| {
             self.cross_namespace
                 || namespace == self.cluster_resource_namespace
-                || account.namespace == namespace
+                || *account.namespace == *namespace
         };
         if let Some(reference) = &config.account_ref {
             let account = AccountKey {
-                namespace: reference
-                    .namespace
-                    .clone()
-                    .unwrap_or_else(|| namespace.to_string()),
-                name: reference.name.clone(),
+                namespace: reference.namespace.as_deref().unwrap_or(namespace).into(),
+                name: reference.name.as_str().into(),
             };
             if !allowed(&account) {
                 return Err(ResolveError::OtherNamespace {
@@ -101,7 +98,7 @@ impl AccountResolver {
             .filter(|a| allowed(a))
             .collect();
         // Prefer the issuer's own namespace when an account there lists the domain.
-        let own: Vec<&AccountKey> = listed.iter().filter(|a| a.namespace == namespace).collect();
+        let own: Vec<&AccountKey> = listed.iter().filter(|a| *a.namespace == *namespace).collect();
         match (own.as_slice(), listed.as_slice()) {
             ([one], _) => return Ok((*one).clone()),
             ([], [one]) => return Ok(one.clone()),

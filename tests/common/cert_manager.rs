@@ -60,7 +60,7 @@ pub fn start_controllers(resolver: SocketAddr, namespace: Option<&str>) -> tokio
         .expect("start cert-manager's controllers")
 }
 
-fn certificate_resource() -> ApiResource {
+pub fn certificate_resource() -> ApiResource {
     ApiResource {
         group: "cert-manager.io".into(),
         version: "v1".into(),

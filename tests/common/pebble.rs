@@ -20,6 +20,23 @@ pub struct Pebble {
 }
 
 impl Pebble {
+    /// A ClusterIssuer `name` for this Pebble with one DNS-01 solver (`dns01`, the
+    /// solver's own object: `{"webhook": …}`, `{"rfc2136": …}`).
+    pub fn cluster_issuer(&self, name: &str, dns01: serde_json::Value) -> serde_json::Value {
+        use base64::{Engine, prelude::BASE64_STANDARD};
+        serde_json::json!({
+            "apiVersion": "cert-manager.io/v1",
+            "kind": "ClusterIssuer",
+            "metadata": { "name": name },
+            "spec": { "acme": {
+                "server": self.directory,
+                "caBundle": BASE64_STANDARD.encode(&self.https_ca.cert.cert_pem),
+                "privateKeySecretRef": { "name": format!("{name}-account-key") },
+                "solvers": [ { "dns01": dns01 } ],
+            } },
+        })
+    }
+
     /// Starts Pebble with its HTTPS listeners on free 127.0.0.1 ports, asking `resolver`
     /// for every DNS lookup; returns once its directory and management API answer.
     pub fn start(dir: &Path, resolver: SocketAddr) -> Pebble {
