@@ -305,6 +305,7 @@ async fn cluster_issuer(name: &str, pebble: &Pebble, dns01: Value) {
 #[tokio::test]
 #[ignore = "a benchmark of about ten minutes: make bench-issuance"]
 async fn issuance_time_webhook_against_rfc2136() {
+    let revision = common::revision();
     let count: usize = std::env::var("ISSUANCE_CERTIFICATES")
         .ok()
         .map(|n| {
@@ -443,6 +444,7 @@ async fn issuance_time_webhook_against_rfc2136() {
 
     let busy = machine_busy().since(&busy_start);
     let report = report(&Report {
+        revision,
         count,
         webhook: &webhook,
         rfc2136: &rfc2136,
@@ -467,17 +469,6 @@ async fn issuance_time_webhook_against_rfc2136() {
             issued.domain,
             work.display()
         );
-    }
-}
-
-/// The commit measured, and whether the tree had changes on top of it.
-fn revision() -> String {
-    let head = common::run("git", &["rev-parse", "--short", "HEAD"], None);
-    let changes = common::run("git", &["status", "--porcelain"], None);
-    if changes.trim().is_empty() {
-        head.trim().to_string()
-    } else {
-        format!("{} + uncommitted changes", head.trim())
     }
 }
 
@@ -515,6 +506,8 @@ impl Busy {
 }
 
 struct Report<'a> {
+    /// The commit measured (read at the start).
+    revision: String,
     count: usize,
     webhook: &'a [Issued],
     rfc2136: &'a [Issued],
@@ -550,7 +543,7 @@ fn report(r: &Report) -> String {
         out,
         "Written by `tests/bench_issuance.rs` (`make bench-issuance`), finished {} UTC, at {}.\n",
         date.trim(),
-        revision()
+        r.revision
     );
     let _ = writeln!(out, "## Machine\n");
     let _ = writeln!(

@@ -455,6 +455,7 @@ async fn ready_after(serve: &common::Serve, within: Duration) -> Duration {
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "a benchmark: run by `make bench-scale`"]
 async fn scale() {
+    let revision = common::revision();
     let n: usize = env_or("SCALE_ACCOUNTS", 100_000);
     let hold_minutes: u64 = env_or("SCALE_HOLD_MINUTES", 10);
     let namespace: String = env_or("SCALE_NAMESPACE", "bench-scale".to_string());
@@ -615,9 +616,8 @@ async fn scale() {
     let _ = writeln!(r, "# {n} accounts from a real API server — {date}\n");
     let _ = writeln!(
         r,
-        "Written by `tests/scale.rs` (`make bench-scale`), finished {} UTC, at {}.\n",
+        "Written by `tests/scale.rs` (`make bench-scale`), finished {} UTC, built at {revision}.\n",
         common::run("date", &["-u", "+%F %H:%M"], None).trim(),
-        common::run("git", &["rev-parse", "--short", "HEAD"], None).trim()
     );
     let _ = writeln!(r, "## Machine\n");
     let _ = writeln!(

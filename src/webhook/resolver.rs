@@ -98,7 +98,10 @@ impl AccountResolver {
             .filter(|a| allowed(a))
             .collect();
         // Prefer the issuer's own namespace when an account there lists the domain.
-        let own: Vec<&AccountKey> = listed.iter().filter(|a| *a.namespace == *namespace).collect();
+        let own: Vec<&AccountKey> = listed
+            .iter()
+            .filter(|a| *a.namespace == *namespace)
+            .collect();
         match (own.as_slice(), listed.as_slice()) {
             ([one], _) => return Ok((*one).clone()),
             ([], [one]) => return Ok(one.clone()),

@@ -477,3 +477,15 @@ pub fn event_reasons(namespace: &str) -> String {
         None,
     )
 }
+
+/// The commit being measured, and whether the tree had changes on top of it. Read it
+/// when a benchmark starts: the tree may change while it runs, the binary does not.
+pub fn revision() -> String {
+    let head = run("git", &["rev-parse", "--short", "HEAD"], None);
+    let changes = run("git", &["status", "--porcelain"], None);
+    if changes.trim().is_empty() {
+        head.trim().to_string()
+    } else {
+        format!("{} + uncommitted changes", head.trim())
+    }
+}
