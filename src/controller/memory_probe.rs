@@ -1,30 +1,23 @@
 //! Heap per account of what `serve` keeps for 100 000 accounts: the objects as parsed
 //! (held only while one is handled), the index, and on the leader the delegation
-//! schedule, the reconcile queue's timers and the reconciles in flight. Ignored: it is a
+//! schedule and the reconcile queue's timers. Ignored: it is a
 //! measurement, not a check. Run alone, so no other test allocates meanwhile:
 //!
 //! `cargo test --lib controller::memory_probe -- --ignored --nocapture --test-threads=1`
 
 use std::{
-    convert::Infallible,
-    sync::{Arc, Mutex},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
-use futures::StreamExt;
-use k8s_openapi::jiff::SignedDuration;
-use kube::Client;
-use prometheus::Registry;
-
 use super::{
-    Context, ControllerMetrics,
-    queue::{self, Queue},
+    queue::Queue,
     schedule::DelegationSchedule,
     status::{DELEGATED, READY},
 };
 use crate::{
     api::AcmeDnsAccount,
-    index::{AccountIndex, AccountKey, Label, ReservedLabels},
+    index::{AccountIndex, AccountKey},
 };
 
 const N: usize = 100_000;
@@ -131,19 +124,6 @@ fn measure<T>(what: &str, make: impl Fn(usize) -> T) -> isize {
     total
 }
 
-fn echo_client(hang_status_writes: bool) -> Client {
-    let service = tower::service_fn(
-        move |request: http::Request<kube::client::Body>| async move {
-            if hang_status_writes && request.uri().path().ends_with("/status") {
-                futures::future::pending::<()>().await;
-            }
-            let body = request.into_body().collect_bytes().await.unwrap();
-            Ok::<_, Infallible>(http::Response::new(kube::client::Body::from(body)))
-        },
-    );
-    Client::new(service, "default")
-}
-
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -216,7 +196,6 @@ fn heap_per_account_at_100k() {
         .collect();
     schedule_memos(&keys);
     queue_timers(&keys);
-    reconciles_in_flight();
 }
 
 /// The watch's path (src/watch.rs): each listed account is applied to the index as it
@@ -304,53 +283,5 @@ fn queue_timers(keys: &[Arc<AccountKey>]) {
         N,
     );
     drop(queue);
-    drop(rt);
-}
-
-/// The bounded reconciles in flight, each waiting for its status write.
-fn reconciles_in_flight() {
-    let rt = runtime();
-    let index = Arc::new(AccountIndex::new(1));
-    let ctx = rt.block_on(async {
-        let client = echo_client(true);
-        Arc::new(Context {
-            identity: "probe".into(),
-            api: kube::Api::all(client.clone()),
-            client,
-            zone: ZONE.into(),
-            reserved: ["ns"]
-                .iter()
-                .map(|l| Label::new(l.as_bytes()).unwrap())
-                .collect::<ReservedLabels>(),
-            index,
-            resolver: None,
-            txt_max_age: SignedDuration::from_secs(3600),
-            schedule: Mutex::new(DelegationSchedule::default()),
-            metrics: ControllerMetrics::new(&Registry::new()).unwrap(),
-        })
-    });
-    let before = heap();
-    let held = rt.block_on(async {
-        // Accounts made as the stream is read, as a list pass yields them.
-        let accounts = futures::stream::iter((0..N).map(|i| Arc::new(account(i, false))));
-        let run = queue::run(
-            accounts.chain(futures::stream::pending()),
-            ctx.clone(),
-            super::CONCURRENT_RECONCILES,
-        );
-        tokio::select! {
-            () = run => unreachable!("the stream never ends"),
-            () = tokio::time::sleep(Duration::from_millis(500)) => delta(before),
-        }
-    });
-    println!(
-        "{:<72} {:>12.1} MiB, whatever the number of accounts",
-        format!(
-            "queue offered {N} accounts, {} reconciles waiting on their status write",
-            super::CONCURRENT_RECONCILES
-        ),
-        held as f64 / 1048576.0
-    );
-    drop(ctx);
     drop(rt);
 }
