@@ -24,23 +24,10 @@ source "$ROOT/e2e/lib.sh"
 
 ensure_debian_packages dnsperf
 
-started_cluster=false
-cleanup() {
-  if $started_cluster; then
-    e2e/cluster.sh down >/dev/null 2>&1 || say "could not stop the local control plane: run e2e/cluster.sh down"
-  fi
-}
-trap cleanup EXIT
-
 say "building the release binary and the benchmark (the first build takes several minutes)"
 cargo test --release --no-run --quiet --test scale 2>&1 | grep -v '^\s*Executable' >&2 || true
 
-if ! e2e/cluster.sh status >/dev/null 2>&1; then
-  say "starting the local control plane"
-  started_cluster=true
-  e2e/cluster.sh up
-fi
-eval "$(e2e/cluster.sh env)"
+use_local_cluster bench-scale
 
 say "${SCALE_ACCOUNTS:-100000} accounts; progress below"
 cargo test --release --quiet --test scale -- --ignored --nocapture
