@@ -315,7 +315,16 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
 
     info!(roles = ?args.roles, "starting");
     let registry = Registry::new();
-    let index = Arc::new(AccountIndex::new(args.dns.txt_ttl));
+    let mut index = AccountIndex::new(args.dns.txt_ttl);
+    if args.roles.contains(&Role::Controller) {
+        // So that taking the Lease does not need a list of every account.
+        index = index.settling(controller::settled_judge(
+            args.dns.zone.clone(),
+            zone.reserved_labels(),
+            args.controller.txt_max_age,
+        ));
+    }
+    let index = Arc::new(index);
     let health = Health::new(registry.clone(), index.clone())?;
     let stop = Arc::new(AtomicBool::new(false));
 

@@ -410,3 +410,194 @@ async fn killing_the_lease_holder_under_load_loses_no_status_and_writes_none_twi
         first_reconcile.as_secs_f64(),
     ));
 }
+
+/// A replica taking the Lease does not read again the accounts whose status is in order:
+/// it plans them from what its index kept, and reads only the others. Their work is
+/// still done on time: a TXT value written before the handover is dropped once it is
+/// older than `--txt-max-age` (and not before), and a status edited by hand while no
+/// replica led is written back.
+#[tokio::test]
+async fn a_new_leader_plans_accounts_in_order_from_its_index_and_keeps_their_deadlines() {
+    use k8s_openapi::{
+        api::coordination::v1::Lease,
+        apimachinery::pkg::apis::meta::v1::Time,
+        jiff::{SignedDuration, Timestamp},
+    };
+    use kube_acme_dns::api::{AcmeDnsAccountStatus, TxtValue};
+
+    const MAX_AGE: i64 = 30;
+    // The TXT value is written this long before it is too old.
+    const LEFT: i64 = 20;
+
+    let client = common::client().await;
+    common::install_crd(&client).await;
+    let namespace = common::create_namespace(&client, "new-leader").await;
+    let lease = common::unique_name("new-leader");
+    let max_age = MAX_AGE.to_string();
+    let args = |identity: &'static str| {
+        [
+            "--roles",
+            "dns,controller",
+            "--identity",
+            identity,
+            "--txt-max-age",
+            &max_age,
+            "--shutdown-delay",
+            "0",
+        ]
+        .map(String::from)
+    };
+    let first_args = args("first");
+    let first_args: Vec<&str> = first_args.iter().map(String::as_str).collect();
+    let mut first = common::spawn_serve(&namespace, &lease, &first_args);
+    common::wait_ready(&first).await;
+    let leases: Api<Lease> = Api::namespaced(client.clone(), common::RELEASE_NAMESPACE);
+    let holder = || common::lease_holder(&leases, &lease);
+    common::eventually("first holds the Lease", Duration::from_secs(30), || async {
+        (holder().await? == "first").then_some(())
+    })
+    .await;
+
+    let accounts: Api<AcmeDnsAccount> = Api::namespaced(client.clone(), &namespace);
+    let spec = AcmeDnsAccountSpec {
+        domains: vec![DomainName("new-leader.example.test".into())],
+        ..Default::default()
+    };
+    // The one with a TXT value lists no domains: no delegation check wakes it, only the
+    // value's expiry.
+    for (name, spec) in [
+        ("quiet", spec.clone()),
+        ("with-txt", AcmeDnsAccountSpec::default()),
+        ("edited", spec),
+    ] {
+        accounts
+            .create(&PostParams::default(), &AcmeDnsAccount::new(name, spec))
+            .await
+            .unwrap();
+    }
+    let status_of = |name: &'static str| {
+        let accounts = accounts.clone();
+        async move { accounts.get(name).await.ok()?.status }
+    };
+    // In order: served, and the delegation checked (it fails: nothing answers the
+    // resolver's port), or found to have nothing to check.
+    let settled = |s: &AcmeDnsAccountStatus| {
+        s.fqdn.is_some() && s.conditions.iter().any(|c| c.type_ == "Delegated")
+    };
+    let mut statuses = Vec::new();
+    for name in ["quiet", "with-txt", "edited"] {
+        statuses.push(
+            common::eventually("the status is written", Duration::from_secs(30), || async {
+                status_of(name).await.filter(settled)
+            })
+            .await,
+        );
+    }
+    let fqdn = statuses[2].fqdn.clone().unwrap();
+
+    // A TXT value, as the webhook writes it, with LEFT seconds until it is too old.
+    let written = Timestamp::now() - SignedDuration::from_secs(MAX_AGE - LEFT);
+    let mut with_txt = accounts.get("with-txt").await.unwrap();
+    with_txt.status.as_mut().unwrap().txt = vec![TxtValue {
+        value: "written-before-the-handover".into(),
+        updated_at: Time(written),
+    }];
+    accounts
+        .replace_status("with-txt", &PostParams::default(), &with_txt)
+        .await
+        .unwrap();
+
+    // The leader hands the Lease back; with nobody leading, a status is edited by hand.
+    let pid = first.child.id().expect("running") as libc::pid_t;
+    // SAFETY: signalling the child this test started.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let status = tokio::time::timeout(Duration::from_secs(30), first.child.wait())
+        .await
+        .expect("the leader exits")
+        .unwrap();
+    assert!(status.success(), "{status}");
+    let mut edited = accounts.get("edited").await.unwrap();
+    edited.status.as_mut().unwrap().fqdn = Some("elsewhere.example.test.".into());
+    accounts
+        .replace_status("edited", &PostParams::default(), &edited)
+        .await
+        .unwrap();
+
+    let log = std::env::temp_dir().join(common::unique_name("new-leader-log"));
+    let second_args = args("second");
+    let second_args: Vec<&str> = second_args.iter().map(String::as_str).collect();
+    let second = common::spawn_serve_logging(
+        &namespace,
+        &lease,
+        &second_args,
+        common::ServeLog {
+            path: &log,
+            filter: "info",
+        },
+    );
+    common::wait_ready(&second).await;
+    common::eventually(
+        "second holds the Lease",
+        Duration::from_secs(30),
+        || async { (holder().await? == "second").then_some(()) },
+    )
+    .await;
+
+    common::eventually(
+        "the edited status is written back",
+        Duration::from_secs(30),
+        || async { (status_of("edited").await?.fqdn? == fqdn).then_some(()) },
+    )
+    .await;
+    let pass = common::eventually(
+        "the new leader went over every account",
+        Duration::from_secs(30),
+        || async {
+            let log = std::fs::read_to_string(&log).ok()?;
+            log.lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .find(|l| {
+                    l["fields"]["message"]
+                        .as_str()
+                        .is_some_and(|m| m.starts_with("went over every account"))
+                })
+        },
+    )
+    .await;
+    assert_eq!(
+        (&pass["fields"]["planned"], &pass["fields"]["read"]),
+        (&serde_json::json!(2), &serde_json::json!(1)),
+        "the two accounts in order are planned, only the edited one read: {pass}"
+    );
+
+    // The TXT value stays until it is MAX_AGE seconds old, then goes.
+    let too_old = written + SignedDuration::from_secs(MAX_AGE);
+    assert!(
+        Timestamp::now() < too_old,
+        "the handover took longer than the test allows for"
+    );
+    let dropped = common::eventually(
+        "the TXT value is dropped",
+        Duration::from_secs(LEFT as u64 + 10),
+        || async {
+            status_of("with-txt")
+                .await?
+                .txt
+                .is_empty()
+                .then(Timestamp::now)
+        },
+    )
+    .await;
+    assert!(
+        dropped >= too_old,
+        "dropped at {dropped}, before it was {MAX_AGE} s old ({too_old})"
+    );
+    let late = dropped.duration_since(too_old);
+    assert!(
+        late < SignedDuration::from_secs(5),
+        "dropped {late:?} after it was too old"
+    );
+    // The account left alone was not written again.
+    assert_eq!(status_of("quiet").await.as_ref(), Some(&statuses[0]));
+    let _ = std::fs::remove_file(&log);
+}

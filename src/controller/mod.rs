@@ -9,9 +9,11 @@
 //! changed → record the Events.
 //!
 //! The controller reads the process's one account watch (`crate::watch`): its stream of
-//! changes while this replica leads. It keeps no copy of the accounts: a pass over every
-//! account (when it takes the Lease, and whenever the watch re-lists) reads them from the
-//! API server page by page, and an account woken by its timer is read again (`queue`).
+//! changes while this replica leads. It keeps no copy of the accounts. A pass over every
+//! account (when it takes the Lease, and whenever the watch re-lists) plans the accounts
+//! whose status is settled from what the index keeps of them (`status::settled`) and
+//! reads only the others from the API server; an account woken by its timer is read
+//! again (`queue`).
 
 pub mod delegation;
 pub mod lease;
@@ -46,12 +48,13 @@ use tracing::{info, warn};
 
 use self::{
     delegation::Finding,
+    queue::Work,
     schedule::{DelegationSchedule, Subject},
     status::{DELEGATED, DelegationState, Facts, Notice, Subdomain},
 };
 use crate::{
     api::AcmeDnsAccount,
-    index::{AccountIndex, AccountKey, ReservedLabels},
+    index::{AccountIndex, AccountKey, ReservedLabels, Settled},
     watch::{Change, LIST_PAGE, SharedAccounts},
 };
 
@@ -254,6 +257,18 @@ struct Context {
     metrics: ControllerMetrics,
 }
 
+/// How a replica that may lead has its index judge each account it applies: whether its
+/// status is settled, and what to plan it from (see [`status::settled`]). Given to
+/// [`AccountIndex::settling`].
+pub fn settled_judge(
+    zone: String,
+    reserved: ReservedLabels,
+    txt_max_age_secs: u64,
+) -> impl Fn(&AcmeDnsAccount) -> Option<Settled> + Send + Sync + 'static {
+    let txt_max_age = SignedDuration::from_secs(txt_max_age_secs as i64);
+    move |account| status::settled(account, &zone, &reserved, txt_max_age, Timestamp::now())
+}
+
 /// Runs the controller whenever this replica holds the Lease, until `shutdown`.
 pub async fn run(config: ControllerConfig) {
     let ControllerConfig {
@@ -313,91 +328,185 @@ pub async fn run(config: ControllerConfig) {
         .await;
 }
 
-/// What the leader does until it loses the Lease: reconciles each changed account, every
-/// account once now and again after each re-list of the watch, and each account when its
-/// timer asks.
+/// What the leader does until it loses the Lease: reconciles each changed account, goes
+/// over every account once now and again after each re-list of the watch, and
+/// reconciles each account when its timer asks.
 async fn lead(changes: impl futures::Stream<Item = Change> + Send, ctx: Arc<Context>) {
     let resync = Arc::new(Notify::new());
     resync.notify_one();
-    let (listed, listed_rx) = mpsc::channel(LIST_PAGE as usize);
-    let passes = list_passes(ctx.api.clone(), resync.clone(), listed);
+    let (planned, planned_rx) = mpsc::channel(LIST_PAGE as usize);
+    let passes = passes(ctx.clone(), resync.clone(), planned);
     let changed = changes.filter_map(move |change| {
         futures::future::ready(match change {
-            Change::Applied(account) => Some(account),
+            Change::Applied(account) => Some(Work::Changed(account)),
             Change::Resync => {
                 resync.notify_one();
                 None
             }
         })
     });
-    let mut listed_rx = listed_rx;
-    let listed = futures::stream::poll_fn(move |cx| listed_rx.poll_recv(cx));
-    let accounts = futures::stream::select(changed, listed);
+    let mut planned_rx = planned_rx;
+    let planned = futures::stream::poll_fn(move |cx| planned_rx.poll_recv(cx));
+    let work = futures::stream::select(changed, planned);
     tokio::select! {
-        () = queue::run(accounts, ctx.clone(), CONCURRENT_RECONCILES) => {}
+        () = queue::run(work, ctx.clone(), CONCURRENT_RECONCILES) => {}
         () = passes => {}
         () = prune_schedule(ctx) => {}
     }
 }
 
-/// Each time `resync` is notified, lists every account, a page at a time, into
-/// `listed`; the queue takes them at the pace it reconciles, so a page is all that is
-/// held. A notification during a pass brings one more pass after it.
-async fn list_passes(
-    api: Api<AcmeDnsAccount>,
-    resync: Arc<Notify>,
-    listed: mpsc::Sender<Arc<AcmeDnsAccount>>,
-) {
+/// Each time `resync` is notified, goes over every account. One whose status is settled
+/// (see [`status::settled`]) is only planned, from what the index keeps of it: when its
+/// TXT values expire and its delegation is due. The others are read from the API server
+/// and reconciled. So a new leader over accounts that are all in order asks the API
+/// server for nothing, and does not slow a replica listing beside it. When many
+/// accounts need work (an import, a zone renamed, a status this version writes
+/// differently), they are listed a page at a time rather than read one by one: the
+/// queue takes them at the pace it reconciles, so a page is all that is held. A
+/// notification during a pass brings one more pass after it.
+async fn passes(ctx: Arc<Context>, resync: Arc<Notify>, work: mpsc::Sender<Work>) {
     loop {
         resync.notified().await;
         let started = Instant::now();
-        let mut params = ListParams::default().limit(LIST_PAGE);
-        let mut accounts = 0usize;
-        loop {
-            match api.list(&params).await {
-                Ok(page) => {
-                    for mut account in page.items {
-                        account.metadata.managed_fields = None;
-                        accounts += 1;
-                        if listed.send(Arc::new(account)).await.is_err() {
-                            return;
-                        }
-                    }
-                    match page.metadata.continue_ {
-                        Some(next) if !next.is_empty() => params.continue_token = Some(next),
-                        _ => break,
-                    }
+        let keys = ctx.index.keys();
+        let unsettled = keys
+            .iter()
+            .filter(|key| ctx.index.settled(key).is_none())
+            .take(LIST_PAGE as usize + 1)
+            .count();
+        if unsettled > LIST_PAGE as usize {
+            drop(keys);
+            let Some(listed) = list_pass(&ctx.api, &work).await else {
+                return;
+            };
+            info!(
+                accounts = listed,
+                seconds = started.elapsed().as_secs_f64(),
+                "listed every account for reconciling"
+            );
+            continue;
+        }
+        let (mut planned, mut read) = (0usize, 0usize);
+        for key in keys {
+            let next = match ctx.index.settled(&key) {
+                Some(settled) => {
+                    planned += 1;
+                    Work::Wake(key.clone(), plan(&key, &settled, &ctx))
                 }
-                // The continue token expired: the pass was slower than etcd's compaction
-                // (5 minutes), as a first pass over many accounts writing their status
-                // is. The API server offers a token to go on from there with a list no
-                // longer a snapshot, which is all a pass needs: changes since arrive
-                // through the watch anyway. Without one, start over.
-                Err(kube::Error::Api(s)) if s.code == 410 => {
-                    let resume = s
-                        .metadata
-                        .as_ref()
-                        .and_then(|m| m.continue_.clone())
-                        .filter(|c| !c.is_empty());
-                    if resume.is_none() {
-                        warn!(
-                            accounts,
-                            "the pass over every account took too long for its list to continue; starting it over"
-                        );
-                    }
-                    params.continue_token = resume;
+                None => {
+                    read += 1;
+                    Work::Read(key)
                 }
-                Err(error) => {
-                    warn!(%error, "cannot list accounts for the pass over every account; retrying in 5 s");
-                    tokio::time::sleep(Duration::from_secs(5)).await;
-                }
+            };
+            if work.send(next).await.is_err() {
+                return;
             }
         }
         info!(
-            accounts,
+            planned,
+            read,
             seconds = started.elapsed().as_secs_f64(),
-            "listed every account for reconciling"
+            "went over every account: planned those in order, reconciling the others"
         );
+    }
+}
+
+/// Lists every account into `work`, a page at a time; returns how many, or `None` when
+/// the queue is gone.
+async fn list_pass(api: &Api<AcmeDnsAccount>, work: &mpsc::Sender<Work>) -> Option<usize> {
+    let mut params = ListParams::default().limit(LIST_PAGE);
+    let mut accounts = 0usize;
+    loop {
+        match api.list(&params).await {
+            Ok(page) => {
+                for mut account in page.items {
+                    account.metadata.managed_fields = None;
+                    accounts += 1;
+                    work.send(Work::Changed(Arc::new(account))).await.ok()?;
+                }
+                match page.metadata.continue_ {
+                    Some(next) if !next.is_empty() => params.continue_token = Some(next),
+                    _ => return Some(accounts),
+                }
+            }
+            // The continue token expired: the pass was slower than etcd's compaction (5
+            // minutes), as a first pass over many accounts writing their status is. The
+            // API server offers a token to go on from there with a list no longer a
+            // snapshot, which is all a pass needs: changes since arrive through the
+            // watch anyway. Without one, start over.
+            Err(kube::Error::Api(s)) if s.code == 410 => {
+                let resume = s
+                    .metadata
+                    .as_ref()
+                    .and_then(|m| m.continue_.clone())
+                    .filter(|c| !c.is_empty());
+                if resume.is_none() {
+                    warn!(
+                        accounts,
+                        "the pass over every account took too long for its list to continue; starting it over"
+                    );
+                }
+                params.continue_token = resume;
+            }
+            Err(error) => {
+                warn!(%error, "cannot list accounts for the pass over every account; retrying in 5 s");
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+        }
+    }
+}
+
+/// When to wake a settled account, planning its first delegation check if this replica
+/// has not checked it yet.
+fn plan(key: &Arc<AccountKey>, settled: &Settled, ctx: &Context) -> Duration {
+    if let Some(delegated) = settled.delegated {
+        let since = Timestamp::from_second(settled.delegated_since).unwrap_or_default();
+        adopt_earlier_check(key, settled.subject, delegated, since, ctx);
+    }
+    let txt_expiry = settled
+        .txt_expires
+        .and_then(|at| Timestamp::from_second(at.get()).ok());
+    next_wake(key, txt_expiry, Timestamp::now(), ctx)
+}
+
+/// When to look at an account again: when its oldest TXT value expires or its delegation
+/// is due, and at least hourly.
+fn next_wake(
+    key: &AccountKey,
+    txt_expiry: Option<Timestamp>,
+    now: Timestamp,
+    ctx: &Context,
+) -> Duration {
+    let mut wake = schedule::RECHECK_MAX;
+    if let Some(expiry) = txt_expiry {
+        let until = Duration::try_from(expiry.duration_since(now)).unwrap_or_default();
+        wake = wake.min(until + Duration::from_secs(1));
+    }
+    if let Some(next) = ctx
+        .schedule
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .next_check(key)
+    {
+        wake = wake.min(next.saturating_duration_since(Instant::now()));
+    }
+    wake.max(Duration::from_secs(1))
+}
+
+/// Plans the first delegation check of an account this replica has not checked, from
+/// the outcome of an earlier one that its status holds (made before this replica led,
+/// or before a restart), rather than checking at once.
+fn adopt_earlier_check(
+    key: &Arc<AccountKey>,
+    subject: u64,
+    delegated: bool,
+    since: Timestamp,
+    ctx: &Context,
+) {
+    let mut schedule = ctx.schedule.lock().unwrap_or_else(|p| p.into_inner());
+    if !schedule.knows(key) {
+        let held_for = Timestamp::now().duration_since(since).unsigned_abs();
+        schedule.adopt(key, subject, delegated, held_for, Instant::now());
     }
 }
 
@@ -484,21 +593,8 @@ async fn reconcile(
         .await;
     }
     ctx.metrics.reconciles.with_label_values(&["ok"]).inc();
-
-    let mut requeue = schedule::RECHECK_MAX;
-    if let Some(expiry) = status::next_txt_expiry(&desired, ctx.txt_max_age) {
-        let until = expiry.duration_since(now).unsigned_abs();
-        requeue = requeue.min(until + Duration::from_secs(1));
-    }
-    if let Some(next) = ctx
-        .schedule
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .next_check(key)
-    {
-        requeue = requeue.min(next.saturating_duration_since(Instant::now()));
-    }
-    Ok(requeue.max(Duration::from_secs(1)))
+    let txt_expiry = status::next_txt_expiry(&desired, ctx.txt_max_age);
+    Ok(next_wake(key, txt_expiry, now, ctx))
 }
 
 /// Counts a failed reconcile; returns when to try again.
@@ -537,20 +633,18 @@ async fn check_delegation_if_due(
             .iter()
             .find(|c| c.type_ == DELEGATED && c.reason != "NoDomains")
     });
-    let now = Instant::now();
-    let due = {
-        let mut schedule = ctx.schedule.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(condition) = earlier
-            && condition.observed_generation == account.metadata.generation
-            && !schedule.knows(key)
-        {
-            let held_for = Timestamp::now()
-                .duration_since(condition.last_transition_time.0)
-                .unsigned_abs();
-            schedule.adopt(key, &subject, condition.status == "True", held_for, now);
-        }
-        schedule.due(key, &subject, now)
-    };
+    if let Some(condition) = earlier
+        && condition.observed_generation == account.metadata.generation
+    {
+        let delegated = condition.status == "True";
+        let since = condition.last_transition_time.0;
+        adopt_earlier_check(key, schedule::subject_hash(&subject), delegated, since, ctx);
+    }
+    let due =
+        ctx.schedule
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .due(key, &subject, Instant::now());
     if !due && earlier.is_some() {
         return DelegationState::Unchanged;
     }

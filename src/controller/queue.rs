@@ -27,6 +27,18 @@ pub const OBJECTS_HELD: usize = 1024;
 /// gone).
 pub type Requeue = Option<Duration>;
 
+/// What the queue is given to do.
+#[derive(Debug)]
+pub enum Work {
+    /// An account changed, or was listed: reconcile it from this state, its newest.
+    Changed(Arc<AcmeDnsAccount>),
+    /// Reconcile an account, reading it from the API server first.
+    Read(Arc<AccountKey>),
+    /// Wake an account after a while (its status needs nothing now), unless it is to
+    /// be woken sooner already.
+    Wake(Arc<AccountKey>, Duration),
+}
+
 /// How the queue reaches the outside: reading an account, and reconciling one.
 pub trait Reconciler: Send + Sync + 'static {
     /// The account's current state; `None` when it no longer exists. An error is
@@ -89,27 +101,33 @@ impl Queue {
         Some((key, account))
     }
 
-    /// Records the end of `key`'s run and when it wants to be woken.
-    pub(super) fn finished(&mut self, key: Arc<AccountKey>, requeue: Requeue) {
-        self.running.remove(&key);
-        match (requeue, self.timer_of.get(&key)) {
-            // An earlier wake-up stays: it may come from a newer state than this run
-            // saw (an account read by a list that lagged behind its watch event).
-            (Some(after), Some(timer)) => {
+    /// Wakes `key` after `after`, unless it is to be woken sooner already: an earlier
+    /// wake-up may come from a newer state than the one this one was planned from (an
+    /// account read by a list that lagged behind its watch event).
+    fn wake_after(&mut self, key: Arc<AccountKey>, after: Duration) {
+        match self.timer_of.get(&key) {
+            Some(timer) => {
                 if self.timers.deadline(timer) > tokio::time::Instant::now() + after {
                     self.timers.reset(timer, after);
                 }
             }
-            (Some(after), None) => {
+            None => {
                 let timer = self.timers.insert(key.clone(), after);
-                self.timer_of.insert(key.clone(), timer);
+                self.timer_of.insert(key, timer);
             }
-            (None, Some(_)) => {
+        }
+    }
+
+    /// Records the end of `key`'s run and when it wants to be woken.
+    pub(super) fn finished(&mut self, key: Arc<AccountKey>, requeue: Requeue) {
+        self.running.remove(&key);
+        match requeue {
+            Some(after) => self.wake_after(key.clone(), after),
+            None => {
                 if let Some(timer) = self.timer_of.remove(&key) {
                     self.timers.remove(&timer);
                 }
             }
-            (None, None) => {}
         }
         // Changed while it ran: again, from the newer state.
         if self.waiting.contains_key(&key) {
@@ -123,15 +141,15 @@ impl Queue {
     }
 }
 
-/// Reconciles every account `accounts` yields, with at most `concurrency` at once, and
-/// wakes each when its reconcile asked. Once `accounts` ends it finishes what is queued
+/// Does the work `work` yields, with at most `concurrency` reconciles at once, and wakes
+/// each account when its reconcile asked. Once `work` ends it finishes what is queued
 /// and returns, timers dropped; dropping it stops every reconcile in flight.
 pub async fn run<R: Reconciler>(
-    accounts: impl Stream<Item = Arc<AcmeDnsAccount>> + Send,
+    work: impl Stream<Item = Work> + Send,
     reconciler: Arc<R>,
     concurrency: usize,
 ) {
-    let mut accounts = pin!(accounts.fuse());
+    let mut work = pin!(work.fuse());
     let mut queue = Queue::default();
     let mut in_flight = FuturesUnordered::new();
     let mut input_done = false;
@@ -169,11 +187,13 @@ pub async fn run<R: Reconciler>(
             Some(expired) = queue.timers.next(), if !queue.timers.is_empty() => {
                 queue.woken(expired.into_inner());
             }
-            next = accounts.next(), if room => match next {
-                Some(account) => {
+            next = work.next(), if room => match next {
+                Some(Work::Changed(account)) => {
                     let key = reconciler.key(&account);
                     queue.push(key, Some(account));
                 }
+                Some(Work::Read(key)) => queue.push(key, None),
+                Some(Work::Wake(key, after)) => queue.wake_after(key, after),
                 None => input_done = true,
             },
             // Nothing in flight, no timer and no room: cannot happen while accounts
@@ -259,7 +279,12 @@ mod tests {
     async fn reconciles_run_at_most_the_bound_at_once_and_each_account_once() {
         let recorder = Recorder::new(Duration::from_millis(10), None);
         let accounts: Vec<_> = (0..100).map(|i| account(&format!("a{i}"), "1")).collect();
-        run(futures::stream::iter(accounts), recorder.clone(), 8).await;
+        run(
+            futures::stream::iter(accounts.into_iter().map(Work::Changed)),
+            recorder.clone(),
+            8,
+        )
+        .await;
         let mut log = recorder.log();
         assert_eq!(log.len(), 100);
         log.sort();
@@ -336,7 +361,62 @@ mod tests {
 
     fn tokio_stream_of(
         mut rx: tokio::sync::mpsc::Receiver<Arc<AcmeDnsAccount>>,
-    ) -> impl Stream<Item = Arc<AcmeDnsAccount>> + Send {
-        futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+    ) -> impl Stream<Item = Work> + Send {
+        futures::stream::poll_fn(move |cx| rx.poll_recv(cx)).map(Work::Changed)
+    }
+
+    fn key(name: &str) -> Arc<AccountKey> {
+        Arc::new(AccountKey {
+            namespace: "team".into(),
+            name: name.into(),
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn planned_accounts_are_read_when_due_and_the_earliest_plan_wins() {
+        let recorder = Recorder::new(Duration::from_millis(1), None);
+        for name in ["a", "b", "c"] {
+            recorder
+                .stored
+                .lock()
+                .unwrap()
+                .insert(name.into(), account(name, "2"));
+        }
+        let (tx, mut rx) = tokio::sync::mpsc::channel(16);
+        let runner = tokio::spawn(run(
+            futures::stream::poll_fn(move |cx| rx.poll_recv(cx)),
+            recorder.clone(),
+            4,
+        ));
+        // `a` needs work now; `b` at 60 s, planned again for later (the earlier plan
+        // stays); `c` at 120 s, planned again for sooner (the sooner one wins).
+        tx.send(Work::Read(key("a"))).await.unwrap();
+        tx.send(Work::Wake(key("b"), Duration::from_secs(60)))
+            .await
+            .unwrap();
+        tx.send(Work::Wake(key("b"), Duration::from_secs(600)))
+            .await
+            .unwrap();
+        tx.send(Work::Wake(key("c"), Duration::from_secs(120)))
+            .await
+            .unwrap();
+        tx.send(Work::Wake(key("c"), Duration::from_secs(30)))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(recorder.log(), ["fetch a", "a@2"]);
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        assert_eq!(recorder.log()[2..], ["fetch c", "c@2"]);
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        assert_eq!(recorder.log()[4..], ["fetch b", "b@2"]);
+        tokio::time::sleep(Duration::from_secs(600)).await;
+        assert_eq!(
+            recorder.log().len(),
+            6,
+            "each woken once: {:?}",
+            recorder.log()
+        );
+        drop(tx);
+        runner.await.unwrap();
     }
 }

@@ -29,7 +29,8 @@ struct Memo {
     failures: u32,
 }
 
-fn subject_hash(subject: &Subject) -> u64 {
+/// The hash of `subject` the schedule keeps, for [`DelegationSchedule::adopt`].
+pub fn subject_hash(subject: &Subject) -> u64 {
     BuildHasherDefault::<DefaultHasher>::default().hash_one(subject)
 }
 
@@ -81,11 +82,12 @@ impl DelegationSchedule {
     /// replica taking the Lease does not look up every account's CNAMEs at once. The
     /// check falls at a point spread over as long as that outcome has held, at least
     /// RECHECK_MIN and at most RECHECK_MAX, as the backoff would have spread it; a
-    /// failing account carries on with the backoff from there. Returns when it is due.
+    /// failing account carries on with the backoff from there. `subject` is the hash of
+    /// what that check looked at ([`subject_hash`]). Returns when it is due.
     pub fn adopt(
         &mut self,
         account: &Arc<AccountKey>,
-        subject: &Subject,
+        subject: u64,
         delegated: bool,
         held_for: Duration,
         now: Instant,
@@ -98,7 +100,7 @@ impl DelegationSchedule {
         } else {
             (span.as_secs() / RECHECK_MIN.as_secs()).max(1).ilog2() + 1
         };
-        self.plan(account, subject_hash(subject), next_check, failures)
+        self.plan(account, subject, next_check, failures)
     }
 
     /// Remembers when `account` is checked next and after how many failures.
@@ -234,7 +236,7 @@ mod tests {
             .map(|a| {
                 schedule.adopt(
                     a,
-                    &subject("example.test"),
+                    subject_hash(&subject("example.test")),
                     true,
                     Duration::from_secs(86400),
                     now,
@@ -266,7 +268,7 @@ mod tests {
         let now = Instant::now();
         let next = schedule.adopt(
             &key(),
-            &subject("example.test"),
+            subject_hash(&subject("example.test")),
             false,
             Duration::from_secs(3),
             now,
@@ -279,7 +281,7 @@ mod tests {
         // not the first one's 10 s.
         schedule.adopt(
             &key(),
-            &subject("example.test"),
+            subject_hash(&subject("example.test")),
             false,
             Duration::from_secs(300),
             now,

@@ -7,10 +7,13 @@ use k8s_openapi::{
     jiff::{SignedDuration, Timestamp},
 };
 
-use super::delegation::{Finding, challenge_name};
+use super::{
+    delegation::{Finding, challenge_name},
+    schedule::subject_hash,
+};
 use crate::{
     api::{AcmeDnsAccount, AcmeDnsAccountStatus, CnameRecord, DnsLabel},
-    index::AccountKey,
+    index::{AccountKey, Label, ReservedLabels, Settled},
 };
 
 pub const READY: &str = "Ready";
@@ -148,6 +151,58 @@ pub fn desired_status(facts: &Facts<'_>) -> AcmeDnsAccountStatus {
         }
     }
     status
+}
+
+/// Whether a reconcile of `account` at `now` would leave its status as it is, provided no
+/// other account claims its label and its delegation is not due for a check: then what
+/// the controller plans it from. `None` means it needs a reconcile: no subdomain yet, a
+/// spec newer than the status, a TXT value past its age, a status from another zone or
+/// another version of this controller.
+pub fn settled(
+    account: &AcmeDnsAccount,
+    zone: &str,
+    reserved: &ReservedLabels,
+    txt_max_age: SignedDuration,
+    now: Timestamp,
+) -> Option<Settled> {
+    let status = account.status.as_ref()?;
+    let held = status.subdomain.as_ref()?;
+    if account.spec.subdomain.as_ref().is_some_and(|p| p != held)
+        || reserved.contains(&Label::new(held.0.as_bytes())?)
+    {
+        return None;
+    }
+    let domains: Vec<String> = account.spec.domains.iter().map(|d| d.0.clone()).collect();
+    let (delegation, checked) = if domains.is_empty() {
+        (DelegationState::NoDomains, None)
+    } else {
+        // Never checked, or checked for an older spec: a reconcile checks it now.
+        let checked = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == DELEGATED && c.reason != "NoDomains")
+            .filter(|c| c.observed_generation == account.metadata.generation)?;
+        (DelegationState::Unchanged, Some(checked))
+    };
+    let desired = desired_status(&Facts {
+        account,
+        zone,
+        subdomain: &Subdomain::Assigned(held.0.clone()),
+        delegation: &delegation,
+        now,
+        txt_max_age,
+    });
+    if desired != *status {
+        return None;
+    }
+    let fqdn = desired.fqdn.unwrap_or_default();
+    Some(Settled {
+        txt_expires: next_txt_expiry(status, txt_max_age)
+            .and_then(|t| std::num::NonZeroI64::new(t.as_second())),
+        delegated: checked.map(|c| c.status == "True"),
+        delegated_since: checked.map_or(0, |c| c.last_transition_time.0.as_second()),
+        subject: subject_hash(&(domains, fqdn)),
+    })
 }
 
 /// When the oldest TXT value will be dropped, if there is one.
@@ -553,5 +608,129 @@ mod tests {
         let events = events(&old_with_all, &old, SignedDuration::from_secs(3600));
         assert_eq!(reasons(&events), ["TxtExpired"]);
         assert_eq!(events[0].note, "dropped 2 TXT value(s) older than 3600s");
+    }
+
+    /// `account` as a reconcile at `now` leaves it, its delegation found to hold or
+    /// not (`None`: it lists no domains).
+    fn reconciled(
+        mut account: AcmeDnsAccount,
+        delegated: Option<bool>,
+        now: Timestamp,
+    ) -> AcmeDnsAccount {
+        let sub = Subdomain::Assigned("abc".into());
+        let delegation = match delegated {
+            None => DelegationState::NoDomains,
+            Some(found) => DelegationState::Checked(
+                account
+                    .spec
+                    .domains
+                    .iter()
+                    .map(|d| {
+                        let finding = if found {
+                            Finding::Delegated
+                        } else {
+                            Finding::Missing {
+                                name: challenge_name(&d.0),
+                            }
+                        };
+                        (d.0.clone(), finding)
+                    })
+                    .collect(),
+            ),
+        };
+        let status = desired_status(&facts(&account, &sub, &delegation, now));
+        account.status = Some(status);
+        account
+    }
+
+    fn judge(account: &AcmeDnsAccount, now: Timestamp) -> Option<Settled> {
+        settled(
+            account,
+            "auth.example.test",
+            &["ns1"]
+                .iter()
+                .filter_map(|l| Label::new(l.as_bytes()))
+                .collect(),
+            SignedDuration::from_secs(3600),
+            now,
+        )
+    }
+
+    #[test]
+    fn a_reconciled_account_is_settled_with_what_to_plan_it_from() {
+        let checked = Timestamp::from_second(2_000_000_000).unwrap();
+        let checked_account = reconciled(
+            account(&["example.test"], &[100, 10], checked),
+            Some(true),
+            checked,
+        );
+        let later = checked + SignedDuration::from_secs(60);
+        let settled = judge(&checked_account, later).expect("settled");
+        assert_eq!(settled.delegated, Some(true));
+        assert_eq!(settled.delegated_since, checked.as_second());
+        // The older value expires first: written 100 s before the check, 3600 s to live.
+        assert_eq!(
+            settled.txt_expires.map(|t| t.get()),
+            Some(checked.as_second() - 100 + 3600)
+        );
+        assert_eq!(
+            settled.subject,
+            subject_hash(&(vec!["example.test".into()], "abc.auth.example.test.".into()))
+        );
+
+        let failing = reconciled(
+            account(&["example.test"], &[], checked),
+            Some(false),
+            checked,
+        );
+        let settled = judge(&failing, later).expect("settled");
+        assert_eq!(
+            (settled.delegated, settled.txt_expires),
+            (Some(false), None)
+        );
+        let no_domains = reconciled(account(&[], &[], checked), None, checked);
+        assert_eq!(judge(&no_domains, later).unwrap().delegated, None);
+    }
+
+    #[test]
+    fn an_account_a_reconcile_would_change_is_not_settled() {
+        let now = Timestamp::from_second(2_000_000_000).unwrap();
+        let fresh = account(&["example.test"], &[], now);
+        assert_eq!(judge(&fresh, now), None, "no subdomain yet");
+
+        let done = reconciled(account(&["example.test"], &[10], now), Some(true), now);
+        assert!(judge(&done, now).is_some());
+
+        let mut spec_changed = done.clone();
+        spec_changed.metadata.generation = Some(4);
+        assert_eq!(judge(&spec_changed, now), None, "a newer spec");
+
+        let later = now + SignedDuration::from_secs(3600);
+        assert_eq!(judge(&done, later), None, "a TXT value past its age");
+
+        let mut other_zone = done.clone();
+        other_zone.status.as_mut().unwrap().fqdn = Some("abc.old.example.test.".into());
+        assert_eq!(judge(&other_zone, now), None, "a status from another zone");
+
+        let mut never_checked = done.clone();
+        never_checked
+            .status
+            .as_mut()
+            .unwrap()
+            .conditions
+            .retain(|c| c.type_ != DELEGATED);
+        assert_eq!(judge(&never_checked, now), None, "delegation never checked");
+
+        let mut pinned_elsewhere = done.clone();
+        pinned_elsewhere.spec.subdomain = Some(DnsLabel("other".into()));
+        assert_eq!(
+            judge(&pinned_elsewhere, now),
+            None,
+            "spec.subdomain differs"
+        );
+
+        let mut reserved = done;
+        reserved.status.as_mut().unwrap().subdomain = Some(DnsLabel("ns1".into()));
+        assert_eq!(judge(&reserved, now), None, "a label the zone uses");
     }
 }

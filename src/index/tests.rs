@@ -298,3 +298,35 @@ async fn a_relist_delivers_versions_as_well() {
     };
     assert!(index.wait_for(&key, "30", Duration::from_secs(1)).await);
 }
+
+#[test]
+fn what_the_controller_plans_from_is_kept_unless_the_label_is_contested() {
+    let plan = Settled {
+        txt_expires: std::num::NonZeroI64::new(1_000),
+        delegated: Some(true),
+        delegated_since: 10,
+        subject: 7,
+    };
+    let index = AccountIndex::new(1).settling(move |account| {
+        (account.metadata.name.as_deref() != Some("unsettled")).then_some(plan)
+    });
+    index.apply(&account("a", 1, Some("abc"), &[]));
+    index.apply(&account("unsettled", 1, Some("def"), &[]));
+    let key = |name: &str| AccountKey {
+        namespace: "tenant".into(),
+        name: name.into(),
+    };
+    assert_eq!(index.settled(&key("a")), Some(plan));
+    assert_eq!(index.settled(&key("unsettled")), None);
+    assert_eq!(index.keys().len(), 2);
+    // Another account claims the label: a reconcile decides between them.
+    index.apply(&account("b", 2, Some("abc"), &[]));
+    assert_eq!(index.settled(&key("a")), None);
+    assert_eq!(index.settled(&key("b")), None);
+    index.delete(&account("b", 2, Some("abc"), &[]));
+    assert_eq!(index.settled(&key("a")), Some(plan));
+    // Without a judge (no controller role), nothing is settled.
+    let plain = AccountIndex::new(1);
+    plain.apply(&account("a", 1, Some("abc"), &[]));
+    assert_eq!(plain.settled(&key("a")), None);
+}

@@ -356,6 +356,29 @@ pub fn spawn_serve_as(
     lease: &str,
     extra: &[&str],
 ) -> Serve {
+    spawn_watching(kubeconfig, namespace, lease, extra, None)
+}
+
+/// [`spawn_serve`], logging to `log`.
+pub fn spawn_serve_logging(namespace: &str, lease: &str, extra: &[&str], log: ServeLog) -> Serve {
+    let mut args = vec!["--leader-election-namespace", RELEASE_NAMESPACE];
+    args.extend_from_slice(extra);
+    spawn_watching(
+        chart_identity_kubeconfig(),
+        namespace,
+        lease,
+        &args,
+        Some(log),
+    )
+}
+
+fn spawn_watching(
+    kubeconfig: std::path::PathBuf,
+    namespace: &str,
+    lease: &str,
+    extra: &[&str],
+    log: Option<ServeLog>,
+) -> Serve {
     let mut args = vec![
         "--watch-namespace",
         namespace,
@@ -363,7 +386,7 @@ pub fn spawn_serve_as(
         lease,
     ];
     args.extend_from_slice(extra);
-    spawn(kubeconfig, &args, None)
+    spawn(kubeconfig, &args, log)
 }
 
 fn spawn(kubeconfig: std::path::PathBuf, extra: &[&str], log: Option<ServeLog>) -> Serve {
