@@ -39,7 +39,7 @@ use k8s_openapi::{
 };
 use kube::{
     Api, Client, Resource, ResourceExt,
-    api::{ListParams, PostParams},
+    api::{GetParams, ListParams, PostParams},
 };
 use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
 use tokio::sync::{Notify, mpsc};
@@ -527,8 +527,14 @@ async fn prune_schedule(ctx: Arc<Context>) {
 impl queue::Reconciler for Context {
     async fn fetch(&self, key: Arc<AccountKey>) -> Result<Option<Arc<AcmeDnsAccount>>, Duration> {
         let api: Api<AcmeDnsAccount> = Api::namespaced(self.client.clone(), &key.namespace);
-        match api.get_opt(&key.name).await {
-            Ok(account) => Ok(account.map(Arc::new)),
+        // From the API server's watch cache rather than from etcd: most woken accounts
+        // only have their delegation checked again, and a leader over many accounts wakes
+        // hundreds a second. A cached object a moment old is safe: its status is written
+        // with its resourceVersion, so a newer object makes the write fail with 409 and
+        // the account is reconciled again from the newer one.
+        match api.get_with(&key.name, &GetParams::any()).await {
+            Ok(account) => Ok(Some(Arc::new(account))),
+            Err(kube::Error::Api(s)) if s.code == 404 => Ok(None),
             Err(error) => {
                 warn!(account = %key, %error, "cannot read the account to reconcile it; retrying in 5 s");
                 Err(Duration::from_secs(5))
