@@ -345,7 +345,13 @@ summarize() {
   read -r cpu_d wall busy cpu_s drops irq <"$out.cpu"
   R[drops:$s:$n]=$drops
   R[irqcpu:$s:$n]=$(awk -v a="$irq" -v w="$wall" 'BEGIN { printf "%.2f", a / w }')
-  R[percore:$s:$n]=$(awk -v q="${R[qps:$s:$n]}" -v a="$cpu_s" -v w="$wall" 'BEGIN { if (a > 0) printf "%.0f", q / (a / w); else print "-" }')
+  # qps per server core of each round, and their median: a round's rate depends on how much
+  # CPU dnsperf left the server, its rate per core much less.
+  R[percore_rounds:$s:$n]=$(for ((r = 1; r <= ROUNDS; r++)); do
+    echo "$(stat_field "$dir/throughput-$r.txt" 'Queries per second:' 4) $(cat "$dir/throughput-$r.txt.cpu")"
+  done | awk '{ printf "%s%s", (NR > 1 ? ", " : ""), ($5 > 0 ? sprintf("%.0f", $1 / ($5 / $3)) : "-") }')
+  R[percore:$s:$n]=$(tr ',' '\n' <<<"${R[percore_rounds:$s:$n]}" | grep -E '[0-9]' | sort -g |
+    awk '{ a[NR] = $1 } END { if (NR) printf "%.0f", (NR % 2 ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2); else print "-" }')
   R[srvcpu:$s:$n]=$(awk -v a="$cpu_s" -v w="$wall" 'BEGIN { printf "%.2f", a / w }')
   R[perfcpu:$s:$n]=$(awk -v a="$cpu_d" -v w="$wall" 'BEGIN { printf "%.2f", a / w }')
   R[othercpu:$s:$n]=$(awk -v b="$busy" -v a="$cpu_s" -v d="$cpu_d" -v w="$wall" \
@@ -371,6 +377,10 @@ latency() {
   read -r cpu_d wall busy cpu_s drops irq <"$out.cpu"
   R[latother:$s:$n]=$(awk -v b="$busy" -v a="$cpu_s" -v d="$cpu_d" -v w="$wall" \
     'BEGIN { o = (b - a - d) / w; if (o < 0) o = 0; printf "%.2f", o }')
+  # The server's CPU at the same fixed rate for every server: answers per core-second
+  # without dnsperf deciding how busy the server gets.
+  R[latcpu:$s:$n]=$(awk -v a="$cpu_s" -v w="$wall" 'BEGIN { printf "%.3f", a / w }')
+  R[latpercore:$s:$n]=$(awk -v q="${R[latqps:$s:$n]}" -v a="$cpu_s" -v w="$wall" 'BEGIN { if (a > 0) printf "%.0f", q / (a / w); else print "-" }')
   R[p50:$s:$n]=$p50 R[p90:$s:$n]=$p90 R[p99:$s:$n]=$p99 R[p999:$s:$n]=$p999 R[lmax:$s:$n]=$lmax
   # Drop the per-query lines (megabytes) once counted.
   awk '!/^> /' "$out" >"$out.tmp" && mv "$out.tmp" "$out"
@@ -522,7 +532,8 @@ os_name=$(awk -F= '/^PRETTY_NAME=/ { gsub(/"/, "", $2); print $2 }' /etc/os-rele
   echo "  the CPU column shows the split (cores busy on average over the run: the server process, dnsperf,"
   echo "  softirq time — mostly the loopback network path of both, charged to no process — and every other"
   echo "  process on the machine). \"qps per server core\" is qps ÷ the server's own CPU use, a useful second"
-  echo "  view when dnsperf is the bottleneck; it leaves out the server's share of the softirq time."
+  echo "  view when dnsperf is the bottleneck; it leaves out the server's share of the softirq time. The table"
+  echo "  gives its median over the rounds (each round's is listed below the table), not the median round's."
   echo "  \"Unanswered\" is dnsperf's \"lost\"; \"UDP receive-buffer drops\" is the kernel's"
   echo "  RcvbufErrors counter over the run (queries or answers dropped because a socket buffer was full)."
   echo "- \"other\" above about 0.2 cores means other processes ran on the machine during the measurement"
@@ -531,7 +542,8 @@ os_name=$(awk -F= '/^PRETTY_NAME=/ { gsub(/"/, "", $2); print $2 }' /etc/os-rele
   echo "  (\`-Q $LAT_QPS -v\`, well below every server's capacity) logs each answer's latency (µs resolution);"
   echo "  p50/p90/p99/p99.9 are nearest-rank percentiles over all of them, as seen by dnsperf. Latency at"
   echo "  saturation mostly measures queueing in dnsperf and the socket buffers; only its average is shown"
-  echo "  (\"avg @ max\", from the throughput round)."
+  echo "  (\"avg @ max\", from the throughput round). The server's own CPU during that run gives a second"
+  echo "  rate per core, at the same load for every server: answers per second ÷ server cores busy."
   echo "- Why these dnsperf settings: with one thread (\`-T 1\`) dnsperf itself tops out well below Knot's rate"
   echo "  (about 95 k qps here); \`-T 2 -c 4 -q 500\` gave the highest rate against Knot in a sweep of"
   echo "  -T 1–4, -c 1–8, -q 100–1000 (larger -q adds kernel drops, not answers). Even so dnsperf, not the"
@@ -540,7 +552,7 @@ os_name=$(awk -F= '/^PRETTY_NAME=/ { gsub(/"/, "", $2); print $2 }' /etc/os-rele
     echo
     echo "## N = $n names"
     echo
-    echo "| server | qps | avg @ max (µs) | p50 (µs) | p90 (µs) | p99 (µs) | p99.9 (µs) | CPU cores: server / dnsperf / softirq / other | qps per server core | RSS (MiB) | answer (B) |"
+    echo "| server | qps | avg @ max (µs) | p50 (µs) | p90 (µs) | p99 (µs) | p99.9 (µs) | CPU cores: server / dnsperf / softirq / other | qps per server core (median of rounds) | RSS (MiB) | answer (B) |"
     echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | :---: | ---: | ---: | ---: |"
     for s in $SERVERS; do
       st=${STATUS[$s:$n]:-not run}
@@ -556,9 +568,11 @@ os_name=$(awk -F= '/^PRETTY_NAME=/ { gsub(/"/, "", $2); print $2 }' /etc/os-rele
       if [[ ! ${R[rcodes:$s:$n]} =~ ^NOERROR\ [0-9]+\ \(100\.00%\)$ ]]; then
         echo "- **$(name_of "$s"): not every answer was NOERROR** (${R[rcodes:$s:$n]})."
       fi
-      echo "- $(name_of "$s"): qps per round ${R[rounds:$s:$n]}; ${R[sent:$s:$n]} queries sent, ${R[lost:$s:$n]}% unanswered," \
+      echo "- $(name_of "$s"): qps per round ${R[rounds:$s:$n]}; qps per server core per round ${R[percore_rounds:$s:$n]};" \
+        "median round: ${R[sent:$s:$n]} queries sent, ${R[lost:$s:$n]}% unanswered," \
         "${R[drops:$s:$n]} UDP receive-buffer drops; response codes ${R[rcodes:$s:$n]}; answering ${R[startup:$s:$n]}s after start." \
-        "Latency run: ${R[latn:$s:$n]} answers at $(fmt_int "${R[latqps:$s:$n]}") qps, ${R[latlost:$s:$n]}% unanswered, max $(fmt_int "${R[lmax:$s:$n]}") µs, other CPU ${R[latother:$s:$n]} cores."
+        "Latency run: ${R[latn:$s:$n]} answers at $(fmt_int "${R[latqps:$s:$n]}") qps, ${R[latlost:$s:$n]}% unanswered, max $(fmt_int "${R[lmax:$s:$n]}") µs," \
+        "server ${R[latcpu:$s:$n]} cores busy (${R[latpercore:$s:$n]} answers per server core), other CPU ${R[latother:$s:$n]} cores."
     done
     other_max=$(for s in $SERVERS; do
       if [[ ${STATUS[$s:$n]:-} == measured ]]; then echo "${R[othercpu:$s:$n]} ${R[latother:$s:$n]}"; fi
@@ -573,6 +587,12 @@ os_name=$(awk -F= '/^PRETTY_NAME=/ { gsub(/"/, "", $2); print $2 }' /etc/os-rele
     [[ ${STATUS[knot:$n]:-} == measured ]] && q_knot=${R[qps:knot:$n]}
     [[ ${STATUS[bind:$n]:-} == measured ]] && q_bind=${R[qps:bind:$n]}
     echo "Ratios: ours/Knot = $(ratio "$q_ours" "$q_knot"), ours/BIND = $(ratio "$q_ours" "$q_bind"), BIND/Knot = $(ratio "$q_bind" "$q_knot")."
+    c_ours=; c_knot=; l_ours=; l_knot=
+    if [[ ${STATUS[ours:$n]:-} == measured && ${STATUS[knot:$n]:-} == measured ]]; then
+      c_ours=${R[percore:ours:$n]} c_knot=${R[percore:knot:$n]} l_ours=${R[latpercore:ours:$n]} l_knot=${R[latpercore:knot:$n]}
+    fi
+    echo
+    echo "Per server core, ours/Knot: $(ratio "$c_ours" "$c_knot") at saturation (median of rounds), $(ratio "$l_ours" "$l_knot") at $LAT_QPS qps."
     echo
     if [[ -n $q_ours && -n $q_knot && -n $q_bind ]]; then
       verdict=$(awk -v o="$q_ours" -v k="$q_knot" -v b="$q_bind" \
