@@ -394,7 +394,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         futures::future::Either::Right(std::future::pending())
     };
 
-    let (shared, watch) = watch::watch(accounts.clone(), index.clone(), {
+    let watched: Api<watch::WatchedAccount> = match &args.watch_namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    let (shared, watch) = watch::watch(watched, index.clone(), {
         let health = health.clone();
         move |accounts| {
             if !health.mark_synced() {

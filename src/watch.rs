@@ -11,18 +11,20 @@
 //! fatal: when the API server goes away, the index keeps the last state seen and DNS
 //! keeps answering from it.
 
-use std::{sync::Arc, time::Duration};
+use std::{borrow::Cow, sync::Arc, time::Duration};
 
-use futures::{Stream, StreamExt};
+use futures::{Stream, StreamExt, TryStreamExt};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
 use kube::{
     Api, Resource,
     runtime::{WatchStreamExt, utils::Backoff, watcher},
 };
+use serde::Deserialize;
 use tokio::sync::broadcast;
 use tracing::{info, warn};
 
 use crate::{
-    api::AcmeDnsAccount,
+    api::{AcmeDnsAccount, AcmeDnsAccountSpec, AcmeDnsAccountStatus},
     index::{self, AccountIndex, AccountKey},
 };
 
@@ -62,6 +64,86 @@ impl Iterator for WatchBackoff {
 impl Backoff for WatchBackoff {
     fn reset(&mut self) {
         self.next = Self::FIRST;
+    }
+}
+
+/// An account as the watch decodes it: without `metadata.managedFields` and
+/// `metadata.annotations`, which nothing here reads. They are skipped while decoding, not
+/// dropped after: the field managers are about half the bytes of a listed account and a
+/// tree of small allocations each, and decoding and freeing them was most of a replica's
+/// CPU in its first sync of many accounts, time in which it is not ready.
+#[derive(Clone, Debug)]
+pub struct WatchedAccount(pub AcmeDnsAccount);
+
+impl<'de> Deserialize<'de> for WatchedAccount {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        /// The metadata kept; serde skips every other field without building it.
+        #[derive(Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Metadata {
+            name: Option<String>,
+            namespace: Option<String>,
+            uid: Option<String>,
+            resource_version: Option<String>,
+            generation: Option<i64>,
+            creation_timestamp: Option<Time>,
+            deletion_timestamp: Option<Time>,
+            labels: Option<std::collections::BTreeMap<String, String>>,
+            owner_references: Option<Vec<OwnerReference>>,
+            finalizers: Option<Vec<String>>,
+        }
+        #[derive(Deserialize)]
+        struct Account {
+            metadata: Metadata,
+            spec: AcmeDnsAccountSpec,
+            #[serde(default)]
+            status: Option<AcmeDnsAccountStatus>,
+        }
+        let Account {
+            metadata: m,
+            spec,
+            status,
+        } = Account::deserialize(deserializer)?;
+        let mut account = AcmeDnsAccount::new("", spec);
+        account.metadata = ObjectMeta {
+            name: m.name,
+            namespace: m.namespace,
+            uid: m.uid,
+            resource_version: m.resource_version,
+            generation: m.generation,
+            creation_timestamp: m.creation_timestamp,
+            deletion_timestamp: m.deletion_timestamp,
+            labels: m.labels,
+            owner_references: m.owner_references,
+            finalizers: m.finalizers,
+            ..Default::default()
+        };
+        account.status = status;
+        Ok(WatchedAccount(account))
+    }
+}
+
+impl Resource for WatchedAccount {
+    type DynamicType = ();
+    type Scope = <AcmeDnsAccount as Resource>::Scope;
+
+    fn kind(dt: &()) -> Cow<'_, str> {
+        AcmeDnsAccount::kind(dt)
+    }
+    fn group(dt: &()) -> Cow<'_, str> {
+        AcmeDnsAccount::group(dt)
+    }
+    fn version(dt: &()) -> Cow<'_, str> {
+        AcmeDnsAccount::version(dt)
+    }
+    fn plural(dt: &()) -> Cow<'_, str> {
+        AcmeDnsAccount::plural(dt)
+    }
+    fn meta(&self) -> &ObjectMeta {
+        self.0.meta()
+    }
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        self.0.meta_mut()
     }
 }
 
@@ -116,7 +198,7 @@ impl SharedAccounts {
 /// Sets up the watch on `accounts`. The returned future runs it and never ends;
 /// `on_synced` is called after each complete (re-)list.
 pub fn watch(
-    accounts: Api<AcmeDnsAccount>,
+    accounts: Api<WatchedAccount>,
     index: Arc<AccountIndex>,
     on_synced: impl Fn(usize) + Send + 'static,
 ) -> (SharedAccounts, impl Future<Output = ()> + Send) {
@@ -133,20 +215,28 @@ pub fn watch(
     let config = watcher::Config::default()
         .list_semantic(watcher::ListSemantic::MostRecent)
         .page_size(LIST_PAGE);
+    // Nobody reads the field managers or the annotations (where `kubectl apply` keeps a
+    // whole copy of the object): `WatchedAccount` does not decode them.
     let events = watcher(accounts, config)
         .backoff(WatchBackoff::new())
-        // Nobody reads the field managers or the annotations (where `kubectl apply` keeps
-        // a whole copy of the object); dropping them saves most of each object.
-        .modify(|account| {
-            let meta = account.meta_mut();
-            meta.managed_fields = None;
-            meta.annotations = None;
-        });
+        .map_ok(unwrap);
     let run = feed(events, changes, index, move |listed| {
         synced_tx.send_replace(true);
         on_synced(listed);
     });
     (shared, run)
+}
+
+/// The account inside each object of `event`.
+fn unwrap(event: watcher::Event<WatchedAccount>) -> watcher::Event<AcmeDnsAccount> {
+    use watcher::Event::*;
+    match event {
+        Apply(account) => Apply(account.0),
+        Delete(account) => Delete(account.0),
+        InitApply(account) => InitApply(account.0),
+        Init => Init,
+        InitDone => InitDone,
+    }
 }
 
 /// Accounts per page of a (re-)list.
@@ -205,6 +295,36 @@ async fn feed(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_watched_account_keeps_what_is_read_and_skips_the_field_managers() {
+        let listed = serde_json::json!({
+            "apiVersion": "acmedns.io/v1alpha1",
+            "kind": "AcmeDnsAccount",
+            "metadata": {
+                "name": "web", "namespace": "team", "uid": "u-1", "resourceVersion": "42",
+                "generation": 3, "creationTimestamp": "2026-12-01T10:00:00Z",
+                "labels": {"app": "web"}, "finalizers": ["example.test/keep"],
+                "annotations": {"kubectl.kubernetes.io/last-applied-configuration": "{}"},
+                "managedFields": [{"manager": "kubectl", "operation": "Update",
+                    "fieldsType": "FieldsV1", "fieldsV1": {"f:spec": {"f:domains": {}}}}]
+            },
+            "spec": {"domains": ["example.test"]},
+            "status": {"subdomain": "abc", "observedGeneration": 3}
+        });
+        let WatchedAccount(account) = serde_json::from_value(listed.clone()).unwrap();
+        let mut full: AcmeDnsAccount = serde_json::from_value(listed).unwrap();
+        full.metadata.managed_fields = None;
+        full.metadata.annotations = None;
+        assert_eq!(account.metadata, full.metadata);
+        assert_eq!(account.spec, full.spec);
+        assert_eq!(account.status, full.status);
+        assert_eq!(account.metadata.generation, Some(3));
+        assert_eq!(
+            account.status.and_then(|s| s.subdomain).map(|s| s.0),
+            Some("abc".to_string())
+        );
+    }
 
     #[test]
     fn the_watch_retries_within_seconds_and_starts_over_after_a_success() {

@@ -31,7 +31,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use k8s_openapi::{
     api::events::v1::Event as K8sEvent,
     apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta},
@@ -316,9 +316,12 @@ pub async fn run(config: ControllerConfig) {
                 let (accounts, ctx) = (accounts.clone(), ctx.clone());
                 async move {
                     // Subscribe first, then pass over every account once the index is
-                    // complete: nothing changed in between is missed.
-                    let changes = accounts.changes();
+                    // complete: nothing changed in between is missed. What came before
+                    // is in the index the first pass goes over, so it is dropped: the
+                    // first sync's Resync would start a second pass right away.
+                    let mut changes = Box::pin(accounts.changes());
                     accounts.wait_until_synced().await;
+                    while let Some(Some(_)) = changes.next().now_or_never() {}
                     lead(changes, ctx).await;
                 }
             },
