@@ -19,7 +19,6 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{info, warn};
 
 use crate::{
-    api::AcmeDnsAccount,
     compat::{
         self, ApiArgs,
         store::{CredentialIndex, KubeStore},
@@ -307,7 +306,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let client = Client::try_default().await.context(
         "cannot reach Kubernetes: set KUBECONFIG, or run in a pod with a service account",
     )?;
-    let accounts: Api<AcmeDnsAccount> = match &args.watch_namespace {
+    // Decoded without the field managers and annotations, which nothing here reads.
+    let accounts: Api<watch::WatchedAccount> = match &args.watch_namespace {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     };
@@ -394,11 +394,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         futures::future::Either::Right(std::future::pending())
     };
 
-    let watched: Api<watch::WatchedAccount> = match &args.watch_namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    };
-    let (shared, watch) = watch::watch(watched, index.clone(), {
+    let (shared, watch) = watch::watch(accounts.clone(), index.clone(), {
         let health = health.clone();
         move |accounts| {
             if !health.mark_synced() {
@@ -532,7 +528,7 @@ fn default_identity() -> String {
 
 /// Fails early, with the command that fixes it, when the CRD is missing; otherwise the
 /// watch would retry a 404 forever and the process would look healthy but serve nothing.
-async fn check_crd_installed(accounts: &Api<AcmeDnsAccount>) -> anyhow::Result<()> {
+async fn check_crd_installed(accounts: &Api<watch::WatchedAccount>) -> anyhow::Result<()> {
     match accounts.list(&ListParams::default().limit(1)).await {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(status)) if status.code == 404 => anyhow::bail!(

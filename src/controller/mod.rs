@@ -55,7 +55,7 @@ use self::{
 use crate::{
     api::AcmeDnsAccount,
     index::{AccountIndex, AccountKey, ReservedLabels, Settled},
-    watch::{Change, LIST_PAGE, SharedAccounts},
+    watch::{Change, LIST_PAGE, SharedAccounts, WatchedAccount},
 };
 
 #[derive(clap::Args, Debug, Clone)]
@@ -227,7 +227,7 @@ const CONCURRENT_RECONCILES: usize = 32;
 pub struct ControllerConfig {
     pub client: Client,
     /// The accounts watched (all namespaces, or one), for the passes over every account.
-    pub api: Api<AcmeDnsAccount>,
+    pub api: Api<WatchedAccount>,
     /// The process's account watch.
     pub accounts: SharedAccounts,
     /// The zone accounts are served under.
@@ -245,7 +245,7 @@ pub struct ControllerConfig {
 
 struct Context {
     client: Client,
-    api: Api<AcmeDnsAccount>,
+    api: Api<WatchedAccount>,
     zone: String,
     reserved: ReservedLabels,
     index: Arc<AccountIndex>,
@@ -416,14 +416,13 @@ async fn passes(ctx: Arc<Context>, resync: Arc<Notify>, work: mpsc::Sender<Work>
 
 /// Lists every account into `work`, a page at a time; returns how many, or `None` when
 /// the queue is gone.
-async fn list_pass(api: &Api<AcmeDnsAccount>, work: &mpsc::Sender<Work>) -> Option<usize> {
+async fn list_pass(api: &Api<WatchedAccount>, work: &mpsc::Sender<Work>) -> Option<usize> {
     let mut params = ListParams::default().limit(LIST_PAGE);
     let mut accounts = 0usize;
     loop {
         match api.list(&params).await {
             Ok(page) => {
-                for mut account in page.items {
-                    account.metadata.managed_fields = None;
+                for WatchedAccount(account) in page.items {
                     accounts += 1;
                     work.send(Work::Changed(Arc::new(account))).await.ok()?;
                 }
@@ -529,14 +528,14 @@ async fn prune_schedule(ctx: Arc<Context>) {
 
 impl queue::Reconciler for Context {
     async fn fetch(&self, key: Arc<AccountKey>) -> Result<Option<Arc<AcmeDnsAccount>>, Duration> {
-        let api: Api<AcmeDnsAccount> = Api::namespaced(self.client.clone(), &key.namespace);
+        let api: Api<WatchedAccount> = Api::namespaced(self.client.clone(), &key.namespace);
         // From the API server's watch cache rather than from etcd: most woken accounts
         // only have their delegation checked again, and a leader over many accounts wakes
         // hundreds a second. A cached object a moment old is safe: its status is written
         // with its resourceVersion, so a newer object makes the write fail with 409 and
         // the account is reconciled again from the newer one.
         match api.get_with(&key.name, &GetParams::any()).await {
-            Ok(account) => Ok(Some(Arc::new(account))),
+            Ok(WatchedAccount(account)) => Ok(Some(Arc::new(account))),
             Err(kube::Error::Api(s)) if s.code == 404 => Ok(None),
             Err(error) => {
                 warn!(account = %key, %error, "cannot read the account to reconcile it; retrying in 5 s");
