@@ -601,3 +601,64 @@ async fn a_new_leader_plans_accounts_in_order_from_its_index_and_keeps_their_dea
     assert_eq!(status_of("quiet").await.as_ref(), Some(&statuses[0]));
     let _ = std::fs::remove_file(&log);
 }
+
+/// A leader that finds many accounts needing work (here 600 made while no replica led,
+/// as an import makes them) lists them page by page instead of reading each, and gives
+/// every one its status.
+#[tokio::test]
+async fn a_new_leader_lists_accounts_when_many_need_work_and_reconciles_them_all() {
+    const ACCOUNTS: usize = 600;
+
+    let client = common::client().await;
+    common::install_crd(&client).await;
+    let namespace = common::create_namespace(&client, "many-new").await;
+    let accounts: Api<AcmeDnsAccount> = Api::namespaced(client.clone(), &namespace);
+    futures::future::join_all((0..ACCOUNTS).map(|i| {
+        let accounts = accounts.clone();
+        async move {
+            accounts
+                .create(
+                    &PostParams::default(),
+                    &AcmeDnsAccount::new(&format!("new-{i:03}"), AcmeDnsAccountSpec::default()),
+                )
+                .await
+                .unwrap()
+        }
+    }))
+    .await;
+
+    let lease = common::unique_name("many-new");
+    let log = std::env::temp_dir().join(common::unique_name("many-new-log"));
+    let serve = common::spawn_serve_logging(
+        &namespace,
+        &lease,
+        &["--roles", "dns,controller"],
+        common::ServeLog {
+            path: &log,
+            filter: "info",
+        },
+    );
+    common::wait_ready(&serve).await;
+    common::eventually(
+        "every account has its status",
+        Duration::from_secs(120),
+        || async {
+            let listed = accounts.list(&Default::default()).await.ok()?;
+            (listed.items.len() == ACCOUNTS
+                && listed
+                    .items
+                    .iter()
+                    .all(|a| a.status.as_ref().is_some_and(|s| s.fqdn.is_some())))
+            .then_some(())
+        },
+    )
+    .await;
+    let log_text = std::fs::read_to_string(&log).unwrap();
+    let listed = log_text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|l| l["fields"]["message"] == "listed every account for reconciling")
+        .unwrap_or_else(|| panic!("no list of every account in the log:\n{log_text}"));
+    assert_eq!(listed["fields"]["accounts"], serde_json::json!(ACCOUNTS));
+    let _ = std::fs::remove_file(&log);
+}
