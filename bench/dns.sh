@@ -288,7 +288,10 @@ declare -A R=() # "<field>:<server>:<N>" -> value
 
 # run_dnsperf OUT PORT N ARGS...: dnsperf at the configured concurrency; writes OUT (stdout),
 # OUT.err, and OUT.cpu ("<dnsperf user+sys s> <wall s> <machine busy s, processes> <server cpu s>
-# <UDP receive-buffer drops> <machine irq+softirq s>").
+# <UDP receive-buffer drops> <machine irq+softirq s> <dnsperf run time s> <answers>").
+# The wall time runs past dnsperf's own run time when queries were lost: dnsperf then waits out
+# their timeout (5 s) with nothing in flight. CPU is therefore averaged over dnsperf's run time,
+# and a server's rate per core is its answers ÷ its CPU seconds, which that idle wait leaves alone.
 run_dnsperf() {
   local out=$1 port=$2 n=$3 s=$4
   shift 4
@@ -300,7 +303,9 @@ run_dnsperf() {
   t1=$(now_ns) p1=$(proc_cpu "${PID[$s]}") d1=$(udp_rcvbuf_errors)
   read -r b1 i1 < <(cpu_busy)
   awk -v t0="$t0" -v t1="$t1" -v b="$((b1 - b0))" -v p="$((p1 - p0))" -v hz="$CLK_TCK" -v d="$((d1 - d0))" \
-    -v i="$((i1 - i0))" '{ printf "%.3f %.3f %.3f %.3f %d %.3f\n", $1 + $2, (t1 - t0) / 1e9, b / hz, p / hz, d, i / hz }' "$out.time" >"$out.cpu"
+    -v i="$((i1 - i0))" -v run="$(stat_field "$out" 'Run time' 4)" -v done="$(stat_field "$out" 'Queries completed:' 3)" \
+    '{ printf "%.3f %.3f %.3f %.3f %d %.3f %.3f %d\n", $1 + $2, (t1 - t0) / 1e9, b / hz, p / hz, d, i / hz, (run > 0 ? run : (t1 - t0) / 1e9), done }' \
+    "$out.time" >"$out.cpu"
   if ((rc != 0)); then
     say "dnsperf failed ($rc):"
     tail -n 5 "$out.err" >&2
@@ -326,14 +331,14 @@ throughput() {
 
 # summarize SERVER N DIR: results of the round with the median qps (its own CPU figures).
 summarize() {
-  local s=$1 n=$2 dir=$3 r out median_round cpu_d wall busy cpu_s drops irq
+  local s=$1 n=$2 dir=$3 r out median_round cpu_d wall busy cpu_s drops irq run done
   median_round=$(for ((r = 1; r <= ROUNDS; r++)); do
     echo "$(stat_field "$dir/throughput-$r.txt" 'Queries per second:' 4) $r"
   done | sort -g | awk '{ a[NR] = $2 } END { print a[int((NR + 1) / 2)] }')
   # Each round as "qps (other processes' CPU)", to show which rounds were disturbed.
   R[rounds:$s:$n]=$(for ((r = 1; r <= ROUNDS; r++)); do
     echo "$(stat_field "$dir/throughput-$r.txt" 'Queries per second:' 4) $(cat "$dir/throughput-$r.txt.cpu")"
-  done | awk '{ o = ($4 - $5 - $2) / $3; if (o < 0) o = 0; printf "%s%.0f (other %.2f)", (NR > 1 ? ", " : ""), $1, o }')
+  done | awk '{ o = ($4 - $5 - $2) / $8; if (o < 0) o = 0; printf "%s%.0f (other %.2f)", (NR > 1 ? ", " : ""), $1, o }')
   out=$dir/throughput-$median_round.txt
   R[qps:$s:$n]=$(stat_field "$out" 'Queries per second:' 4)
   R[sent:$s:$n]=$(stat_field "$out" 'Queries sent:' 3)
@@ -342,25 +347,24 @@ summarize() {
   R[stddev:$s:$n]=$(stat_field "$out" 'Latency StdDev' 4)
   R[rcodes:$s:$n]=$(awk '/Response codes:/ { sub(/.*Response codes: */, ""); print; exit }' "$out")
   R[size:$s:$n]=$(awk '/Average packet size:/ { print $7; exit }' "$out")
-  read -r cpu_d wall busy cpu_s drops irq <"$out.cpu"
+  read -r cpu_d wall busy cpu_s drops irq run done <"$out.cpu"
   R[drops:$s:$n]=$drops
-  R[irqcpu:$s:$n]=$(awk -v a="$irq" -v w="$wall" 'BEGIN { printf "%.2f", a / w }')
+  R[irqcpu:$s:$n]=$(awk -v a="$irq" -v w="$run" 'BEGIN { printf "%.2f", a / w }')
   # qps per server core of each round, and their median: a round's rate depends on how much
   # CPU dnsperf left the server, its rate per core much less.
-  R[percore_rounds:$s:$n]=$(for ((r = 1; r <= ROUNDS; r++)); do
-    echo "$(stat_field "$dir/throughput-$r.txt" 'Queries per second:' 4) $(cat "$dir/throughput-$r.txt.cpu")"
-  done | awk '{ printf "%s%s", (NR > 1 ? ", " : ""), ($5 > 0 ? sprintf("%.0f", $1 / ($5 / $3)) : "-") }')
+  R[percore_rounds:$s:$n]=$(for ((r = 1; r <= ROUNDS; r++)); do cat "$dir/throughput-$r.txt.cpu"; done |
+    awk '{ printf "%s%s", (NR > 1 ? ", " : ""), ($4 > 0 ? sprintf("%.0f", $8 / $4) : "-") }')
   R[percore:$s:$n]=$(tr ',' '\n' <<<"${R[percore_rounds:$s:$n]}" | grep -E '[0-9]' | sort -g |
     awk '{ a[NR] = $1 } END { if (NR) printf "%.0f", (NR % 2 ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2); else print "-" }')
-  R[srvcpu:$s:$n]=$(awk -v a="$cpu_s" -v w="$wall" 'BEGIN { printf "%.2f", a / w }')
-  R[perfcpu:$s:$n]=$(awk -v a="$cpu_d" -v w="$wall" 'BEGIN { printf "%.2f", a / w }')
-  R[othercpu:$s:$n]=$(awk -v b="$busy" -v a="$cpu_s" -v d="$cpu_d" -v w="$wall" \
+  R[srvcpu:$s:$n]=$(awk -v a="$cpu_s" -v w="$run" 'BEGIN { printf "%.2f", a / w }')
+  R[perfcpu:$s:$n]=$(awk -v a="$cpu_d" -v w="$run" 'BEGIN { printf "%.2f", a / w }')
+  R[othercpu:$s:$n]=$(awk -v b="$busy" -v a="$cpu_s" -v d="$cpu_d" -v w="$run" \
     'BEGIN { o = (b - a - d) / w; if (o < 0) o = 0; printf "%.2f", o }')
 }
 
 # latency SERVER PORT N DIR: fixed-rate run, percentiles of every answer's latency.
 latency() {
-  local s=$1 port=$2 n=$3 dir=$4 out=$4/latency.txt cpu_d wall busy cpu_s drops irq cnt p50 p90 p99 p999 lmax
+  local s=$1 port=$2 n=$3 dir=$4 out=$4/latency.txt cpu_d wall busy cpu_s drops irq run done cnt p50 p90 p99 p999 lmax
   say "$s, N=$n: latency run, ${LAT_SECONDS}s at $LAT_QPS qps (dnsperf -Q $LAT_QPS -v)"
   run_dnsperf "$out" "$port" "$n" "$s" -l "$LAT_SECONDS" -Q "$LAT_QPS" -q "$OUTSTANDING" -v || return 1
   # Nearest-rank percentiles over every completed query's latency (dnsperf -v prints one
@@ -374,13 +378,13 @@ latency() {
   R[latqps:$s:$n]=$(stat_field "$out" 'Queries per second:' 4)
   R[latlost:$s:$n]=$(stat_field "$out" 'Queries lost:' 4)
   R[latrcodes:$s:$n]=$(awk '/Response codes:/ { sub(/.*Response codes: */, ""); print; exit }' "$out")
-  read -r cpu_d wall busy cpu_s drops irq <"$out.cpu"
-  R[latother:$s:$n]=$(awk -v b="$busy" -v a="$cpu_s" -v d="$cpu_d" -v w="$wall" \
+  read -r cpu_d wall busy cpu_s drops irq run done <"$out.cpu"
+  R[latother:$s:$n]=$(awk -v b="$busy" -v a="$cpu_s" -v d="$cpu_d" -v w="$run" \
     'BEGIN { o = (b - a - d) / w; if (o < 0) o = 0; printf "%.2f", o }')
   # The server's CPU at the same fixed rate for every server: answers per core-second
   # without dnsperf deciding how busy the server gets.
-  R[latcpu:$s:$n]=$(awk -v a="$cpu_s" -v w="$wall" 'BEGIN { printf "%.3f", a / w }')
-  R[latpercore:$s:$n]=$(awk -v q="${R[latqps:$s:$n]}" -v a="$cpu_s" -v w="$wall" 'BEGIN { if (a > 0) printf "%.0f", q / (a / w); else print "-" }')
+  R[latcpu:$s:$n]=$(awk -v a="$cpu_s" -v w="$run" 'BEGIN { printf "%.3f", a / w }')
+  R[latpercore:$s:$n]=$(awk -v q="$done" -v a="$cpu_s" 'BEGIN { if (a > 0) printf "%.0f", q / a; else print "-" }')
   R[p50:$s:$n]=$p50 R[p90:$s:$n]=$p90 R[p99:$s:$n]=$p99 R[p999:$s:$n]=$p999 R[lmax:$s:$n]=$lmax
   # Drop the per-query lines (megabytes) once counted.
   awk '!/^> /' "$out" >"$out.tmp" && mv "$out.tmp" "$out"
@@ -529,10 +533,12 @@ os_name=$(awk -F= '/^PRETTY_NAME=/ { gsub(/"/, "", $2); print $2 }' /etc/os-rele
   echo "- Throughput: ${WARMUP}s warm-up, then $ROUNDS rounds in which the servers take turns, each run"
   echo "  \`dnsperf -c $CLIENTS -T $THREADS -q $OUTSTANDING -l $DURATION\`; the table shows each server's median round."
   echo "  dnsperf runs on the same cores as the server, so it takes CPU the server cannot use;"
-  echo "  the CPU column shows the split (cores busy on average over the run: the server process, dnsperf,"
-  echo "  softirq time — mostly the loopback network path of both, charged to no process — and every other"
-  echo "  process on the machine). \"qps per server core\" is qps ÷ the server's own CPU use, a useful second"
-  echo "  view when dnsperf is the bottleneck; it leaves out the server's share of the softirq time. The table"
+  echo "  the CPU column shows the split (cores busy on average over dnsperf's run time: the server process,"
+  echo "  dnsperf, softirq time — mostly the loopback network path of both, charged to no process — and every"
+  echo "  other process on the machine). \"qps per server core\" is answers ÷ the server's own CPU seconds, a"
+  echo "  useful second view when dnsperf is the bottleneck; it leaves out the server's share of the softirq time."
+  echo "  When queries are lost, dnsperf waits out their 5 s timeout after its run time; nothing is in flight"
+  echo "  then, and neither the CPU column nor the rate per core counts that wait as time. The table"
   echo "  gives its median over the rounds (each round's is listed below the table), not the median round's."
   echo "  \"Unanswered\" is dnsperf's \"lost\"; \"UDP receive-buffer drops\" is the kernel's"
   echo "  RcvbufErrors counter over the run (queries or answers dropped because a socket buffer was full)."
@@ -543,7 +549,7 @@ os_name=$(awk -F= '/^PRETTY_NAME=/ { gsub(/"/, "", $2); print $2 }' /etc/os-rele
   echo "  p50/p90/p99/p99.9 are nearest-rank percentiles over all of them, as seen by dnsperf. Latency at"
   echo "  saturation mostly measures queueing in dnsperf and the socket buffers; only its average is shown"
   echo "  (\"avg @ max\", from the throughput round). The server's own CPU during that run gives a second"
-  echo "  rate per core, at the same load for every server: answers per second ÷ server cores busy."
+  echo "  rate per core, at the same load for every server: answers ÷ the server's CPU seconds."
   echo "- Why these dnsperf settings: with one thread (\`-T 1\`) dnsperf itself tops out well below Knot's rate"
   echo "  (about 95 k qps here); \`-T 2 -c 4 -q 500\` gave the highest rate against Knot in a sweep of"
   echo "  -T 1–4, -c 1–8, -q 100–1000 (larger -q adds kernel drops, not answers). Even so dnsperf, not the"
