@@ -21,7 +21,7 @@ use kube::{
 };
 use serde::Deserialize;
 use tokio::sync::broadcast;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::{
     api::{AcmeDnsAccount, AcmeDnsAccountSpec, AcmeDnsAccountStatus},
@@ -262,7 +262,7 @@ async fn feed(
         };
         match event {
             watcher::Event::Apply(account) => {
-                info!(account = %AccountKey::of(&account), subdomain = ?account.status.as_ref().and_then(|s| s.subdomain.as_ref()), "account applied");
+                debug!(account = %AccountKey::of(&account), subdomain = ?account.status.as_ref().and_then(|s| s.subdomain.as_ref()), "account applied");
                 index.apply(&account);
                 if changes.receiver_count() > 0 {
                     let _ = changes.send(Change::Applied(Arc::new(account)));

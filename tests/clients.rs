@@ -58,15 +58,7 @@ impl Setup {
 
         // The chart's RBAC for the API, for this test's namespace; `serve` runs as the
         // chart's ServiceAccount. Delegation checks ask Knot, never the system resolver.
-        let api_rbac = common::render_chart(&[
-            "--set",
-            "api.enabled=true",
-            "--set",
-            &format!("api.namespace={namespace}"),
-            "--show-only",
-            "templates/rbac-api.yaml",
-        ]);
-        common::run("kubectl", &["apply", "-f", "-"], Some(&api_rbac));
+        common::apply_api_rbac(&namespace);
         let api: SocketAddr = format!("127.0.0.1:{}", common::free_port())
             .parse()
             .unwrap();

@@ -494,8 +494,10 @@ async fn scale() {
     drop(first);
     tokio::time::sleep(Duration::from_secs(2)).await;
 
-    // 2. Two replicas with every role, started on the accounts as they are.
+    // 2. Two replicas with every role, started on the accounts as they are. The API role
+    //    keeps its accounts' credential Secrets in the accounts' namespace.
     eprintln!("[scale] two replicas with every role");
+    common::apply_api_rbac(&namespace);
     let api_ports = common::free_ports(2);
     let roles_b = {
         let mut args = controller_args("dns,controller,api");

@@ -223,6 +223,20 @@ pub fn chart_identity_kubeconfig() -> std::path::PathBuf {
     token_kubeconfig(RELEASE_NAMESPACE, &format!("{RELEASE}-kube-acme-dns"))
 }
 
+/// Applies the chart's Role and RoleBinding that let its ServiceAccount keep acme-dns API
+/// accounts and their credential Secrets in `namespace` (`--api-namespace`).
+pub fn apply_api_rbac(namespace: &str) {
+    let api_rbac = render_chart(&[
+        "--set",
+        "api.enabled=true",
+        "--set",
+        &format!("api.namespace={namespace}"),
+        "--show-only",
+        "templates/rbac-api.yaml",
+    ]);
+    run("kubectl", &APPLY, Some(&api_rbac));
+}
+
 /// Server-side apply: create-or-update in one request, so tests applying the same object
 /// at once do not race (client-side apply reads first, and the slower create fails with
 /// AlreadyExists).
