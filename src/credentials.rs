@@ -79,7 +79,7 @@ pub struct CredentialsArgs {
 
 /// Makes the credentials and prints the client's JSON on stdout.
 pub async fn run(args: CredentialsArgs) -> anyhow::Result<()> {
-    let client = kube::Client::try_default()
+    let client = crate::kube_client()
         .await
         .context("cannot reach the cluster: check KUBECONFIG and the current context")?;
     let namespace = args

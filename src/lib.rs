@@ -27,3 +27,17 @@ pub fn pod_namespace() -> String {
         .map(|ns| ns.trim().to_string())
         .unwrap_or_else(|_| "default".into())
 }
+
+/// A client of the Kubernetes API, configured as `kubectl` would be (KUBECONFIG, or the
+/// pod's service account), that names itself `kube-acme-dns/<version>`. The API server
+/// takes a writer's field manager from that name: `metadata.managedFields` then says
+/// which fields of an account are ours (status, Secrets, Events, the Lease) rather than
+/// "unknown".
+pub async fn kube_client() -> anyhow::Result<kube::Client> {
+    let mut config = kube::Config::infer().await?;
+    config.headers.push((
+        axum::http::header::USER_AGENT,
+        axum::http::HeaderValue::from_static(concat!("kube-acme-dns/", env!("CARGO_PKG_VERSION"))),
+    ));
+    Ok(kube::Client::try_from(config)?)
+}

@@ -12,7 +12,7 @@ use std::{
 };
 
 use anyhow::Context as _;
-use kube::{Api, Client, api::ListParams};
+use kube::{Api, api::ListParams};
 use prometheus::Registry;
 use tokio::task::JoinError;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
@@ -303,7 +303,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         );
     }
 
-    let client = Client::try_default().await.context(
+    let client = crate::kube_client().await.context(
         "cannot reach Kubernetes: set KUBECONFIG, or run in a pod with a service account",
     )?;
     // Decoded without the field managers and annotations, which nothing here reads.

@@ -101,6 +101,16 @@ async fn new_account_gets_a_subdomain_and_its_txt_is_answered_within_a_second() 
     assert_eq!(fqdn, format!("{label}.auth.example.test."));
     assert_eq!(status.cnames[0].name, format!("_acme-challenge.{domain}."));
     assert_eq!(status.cnames[0].target, fqdn);
+    // `kubectl get -o yaml --show-managed-fields` names us as the status's writer.
+    let status_writers: Vec<_> = account
+        .metadata
+        .managed_fields
+        .iter()
+        .flatten()
+        .filter(|m| m.subresource.as_deref() == Some("status"))
+        .map(|m| m.manager.clone().unwrap_or_default())
+        .collect();
+    assert_eq!(status_writers, ["kube-acme-dns"]);
 
     set_txt(&accounts, "web", &[digest(1)]).await;
     let written = std::time::Instant::now();

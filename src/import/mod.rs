@@ -116,7 +116,7 @@ pub async fn run(args: ImportArgs) -> anyhow::Result<()> {
         return Ok(());
     }
 
-    let client = kube::Client::try_default()
+    let client = crate::kube_client()
         .await
         .context("cannot reach the cluster: check KUBECONFIG and the current context")?;
     let namespace = args
