@@ -303,8 +303,8 @@ run_dnsperf() {
   t1=$(now_ns) p1=$(proc_cpu "${PID[$s]}") d1=$(udp_rcvbuf_errors)
   read -r b1 i1 < <(cpu_busy)
   awk -v t0="$t0" -v t1="$t1" -v b="$((b1 - b0))" -v p="$((p1 - p0))" -v hz="$CLK_TCK" -v d="$((d1 - d0))" \
-    -v i="$((i1 - i0))" -v run="$(stat_field "$out" 'Run time' 4)" -v done="$(stat_field "$out" 'Queries completed:' 3)" \
-    '{ printf "%.3f %.3f %.3f %.3f %d %.3f %.3f %d\n", $1 + $2, (t1 - t0) / 1e9, b / hz, p / hz, d, i / hz, (run > 0 ? run : (t1 - t0) / 1e9), done }' \
+    -v i="$((i1 - i0))" -v run="$(stat_field "$out" 'Run time' 4)" -v answered="$(stat_field "$out" 'Queries completed:' 3)" \
+    '{ printf "%.3f %.3f %.3f %.3f %d %.3f %.3f %d\n", $1 + $2, (t1 - t0) / 1e9, b / hz, p / hz, d, i / hz, (run > 0 ? run : (t1 - t0) / 1e9), answered }' \
     "$out.time" >"$out.cpu"
   if ((rc != 0)); then
     say "dnsperf failed ($rc):"
@@ -331,7 +331,7 @@ throughput() {
 
 # summarize SERVER N DIR: results of the round with the median qps (its own CPU figures).
 summarize() {
-  local s=$1 n=$2 dir=$3 r out median_round cpu_d wall busy cpu_s drops irq run done
+  local s=$1 n=$2 dir=$3 r out median_round cpu_d busy cpu_s drops irq run
   median_round=$(for ((r = 1; r <= ROUNDS; r++)); do
     echo "$(stat_field "$dir/throughput-$r.txt" 'Queries per second:' 4) $r"
   done | sort -g | awk '{ a[NR] = $2 } END { print a[int((NR + 1) / 2)] }')
@@ -347,7 +347,7 @@ summarize() {
   R[stddev:$s:$n]=$(stat_field "$out" 'Latency StdDev' 4)
   R[rcodes:$s:$n]=$(awk '/Response codes:/ { sub(/.*Response codes: */, ""); print; exit }' "$out")
   R[size:$s:$n]=$(awk '/Average packet size:/ { print $7; exit }' "$out")
-  read -r cpu_d wall busy cpu_s drops irq run done <"$out.cpu"
+  read -r cpu_d _ busy cpu_s drops irq run _ <"$out.cpu"
   R[drops:$s:$n]=$drops
   R[irqcpu:$s:$n]=$(awk -v a="$irq" -v w="$run" 'BEGIN { printf "%.2f", a / w }')
   # qps per server core of each round, and their median: a round's rate depends on how much
@@ -364,7 +364,7 @@ summarize() {
 
 # latency SERVER PORT N DIR: fixed-rate run, percentiles of every answer's latency.
 latency() {
-  local s=$1 port=$2 n=$3 dir=$4 out=$4/latency.txt cpu_d wall busy cpu_s drops irq run done cnt p50 p90 p99 p999 lmax
+  local s=$1 port=$2 n=$3 dir=$4 out=$4/latency.txt cpu_d busy cpu_s drops irq run answered cnt p50 p90 p99 p999 lmax
   say "$s, N=$n: latency run, ${LAT_SECONDS}s at $LAT_QPS qps (dnsperf -Q $LAT_QPS -v)"
   run_dnsperf "$out" "$port" "$n" "$s" -l "$LAT_SECONDS" -Q "$LAT_QPS" -q "$OUTSTANDING" -v || return 1
   # Nearest-rank percentiles over every completed query's latency (dnsperf -v prints one
@@ -378,13 +378,13 @@ latency() {
   R[latqps:$s:$n]=$(stat_field "$out" 'Queries per second:' 4)
   R[latlost:$s:$n]=$(stat_field "$out" 'Queries lost:' 4)
   R[latrcodes:$s:$n]=$(awk '/Response codes:/ { sub(/.*Response codes: */, ""); print; exit }' "$out")
-  read -r cpu_d wall busy cpu_s drops irq run done <"$out.cpu"
+  read -r cpu_d _ busy cpu_s drops irq run answered <"$out.cpu"
   R[latother:$s:$n]=$(awk -v b="$busy" -v a="$cpu_s" -v d="$cpu_d" -v w="$run" \
     'BEGIN { o = (b - a - d) / w; if (o < 0) o = 0; printf "%.2f", o }')
   # The server's CPU at the same fixed rate for every server: answers per core-second
   # without dnsperf deciding how busy the server gets.
   R[latcpu:$s:$n]=$(awk -v a="$cpu_s" -v w="$run" 'BEGIN { printf "%.3f", a / w }')
-  R[latpercore:$s:$n]=$(awk -v q="$done" -v a="$cpu_s" 'BEGIN { if (a > 0) printf "%.0f", q / a; else print "-" }')
+  R[latpercore:$s:$n]=$(awk -v q="$answered" -v a="$cpu_s" 'BEGIN { if (a > 0) printf "%.0f", q / a; else print "-" }')
   R[p50:$s:$n]=$p50 R[p90:$s:$n]=$p90 R[p99:$s:$n]=$p99 R[p999:$s:$n]=$p999 R[lmax:$s:$n]=$lmax
   # Drop the per-query lines (megabytes) once counted.
   awk '!/^> /' "$out" >"$out.tmp" && mv "$out.tmp" "$out"
@@ -538,7 +538,9 @@ os_name=$(awk -F= '/^PRETTY_NAME=/ { gsub(/"/, "", $2); print $2 }' /etc/os-rele
   echo "  other process on the machine). \"qps per server core\" is answers ÷ the server's own CPU seconds, a"
   echo "  useful second view when dnsperf is the bottleneck; it leaves out the server's share of the softirq time."
   echo "  When queries are lost, dnsperf waits out their 5 s timeout after its run time; nothing is in flight"
-  echo "  then, and neither the CPU column nor the rate per core counts that wait as time. The table"
+  echo "  then, and neither the CPU column nor the rate per core counts that wait as time. dnsperf itself keeps"
+  echo "  spending CPU during that wait, so its share in the CPU column is overstated for a server that lost"
+  echo "  queries. The table"
   echo "  gives its median over the rounds (each round's is listed below the table), not the median round's."
   echo "  \"Unanswered\" is dnsperf's \"lost\"; \"UDP receive-buffer drops\" is the kernel's"
   echo "  RcvbufErrors counter over the run (queries or answers dropped because a socket buffer was full)."
