@@ -226,6 +226,99 @@ fn pid(serve: &common::Serve) -> u32 {
     serve.child.id().expect("the replica is running")
 }
 
+/// CPU seconds (user + system) `pid` has used so far; 0 once it is gone.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The fields after the command (in parentheses, and it may hold spaces): utime and
+    // stime are the 12th and 13th of those.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // SAFETY: sysconf only reads a constant of the system.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    (ticks(11) + ticks(12)) / per_second
+}
+
+/// The pid of a process of the local control plane (`e2e/cluster.sh` keeps them).
+fn control_plane_pid(name: &str) -> Option<u32> {
+    let state = std::env::var("KAD_CLUSTER_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("e2e/.state"));
+    std::fs::read_to_string(state.join(format!("{name}.pid")))
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Accounts a replica has reconciled, whatever the result.
+async fn reconciles(metrics: SocketAddr) -> f64 {
+    let Some((_, body)) = common::http_get(metrics, "/metrics").await else {
+        return 0.0;
+    };
+    body.lines()
+        .filter(|l| l.starts_with("kube_acme_dns_reconciles_total{"))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
+}
+
+/// When, and the counters then.
+type Sample = (Instant, [f64; 4]);
+
+/// CPU seconds of kube-apiserver, etcd and one replica, and that replica's reconciles,
+/// sampled every 100 ms while a second replica starts.
+struct Sampler {
+    samples: Arc<std::sync::Mutex<Vec<Sample>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Sampler {
+    const WHAT: [&str; 4] = ["kube-apiserver", "etcd", "B", "B's reconciles"];
+
+    fn start(replica: &common::Serve) -> Self {
+        let pids = [
+            control_plane_pid("kube-apiserver"),
+            control_plane_pid("etcd"),
+            Some(pid(replica)),
+        ];
+        let metrics = replica.metrics;
+        let samples = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let task = tokio::spawn({
+            let samples = samples.clone();
+            async move {
+                loop {
+                    let cpu = pids.map(|p| p.map_or(f64::NAN, cpu_seconds));
+                    let done = reconciles(metrics).await;
+                    let sample = (Instant::now(), [cpu[0], cpu[1], cpu[2], done]);
+                    samples.lock().unwrap().push(sample);
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        });
+        Self { samples, task }
+    }
+
+    /// What each counter grew by from `from` to `to` (the samples nearest inside).
+    fn between(self, from: Instant, to: Instant) -> [f64; 4] {
+        self.task.abort();
+        let samples = self.samples.lock().unwrap();
+        let first = samples.iter().find(|(t, _)| *t >= from);
+        let last = samples.iter().rev().find(|(t, _)| *t <= to);
+        match (first, last) {
+            (Some((_, a)), Some((_, b))) => std::array::from_fn(|i| b[i] - a[i]),
+            _ => [f64::NAN; 4],
+        }
+    }
+}
+
 /// A webhook call through kube-apiserver, as cert-manager makes it.
 async fn solve(
     client: &Client,
@@ -525,11 +618,17 @@ async fn scale() {
         ]);
         args
     };
+    // What else ran while A made its first sync: kube-apiserver serving the list, etcd,
+    // and B leading (its first pass, then whatever falls due).
+    let sampler = Sampler::start(&b);
     let a = {
         let args: Vec<&str> = roles_a.iter().map(String::as_str).collect();
         aggregation::start_solver(&args).await
     };
     let a_ready = a.ready_after;
+    let during_a_sync = sampler.between(a.serve.started, a.serve.started + a_ready);
+    // A itself, up to the end of its set-up behind the aggregation layer.
+    let a_cpu = (cpu_seconds(pid(&a.serve)), a.serve.started.elapsed());
     let a_synced = memory(pid(&a.serve));
     let servers = [a.serve.dns, b.dns];
     // The controller's first pass over every account (whichever replica leads).
@@ -696,6 +795,23 @@ async fn scale() {
         r,
         "\nB started first and alone; A started right after B was ready, while B's controller made its first pass.\n\
          Targets: ready < 20 s, RSS < 128 MiB.\n"
+    );
+    let _ = writeln!(
+        r,
+        "While A made its first sync ({:.1} s), sampled every 100 ms: {}. A itself used {:.1} s of CPU in the {:.1} s from its start to the end of its set-up behind the aggregation layer.\n",
+        a_ready.as_secs_f64(),
+        Sampler::WHAT
+            .iter()
+            .zip(during_a_sync)
+            .map(|(what, grew)| if what.ends_with("reconciles") {
+                format!("{what}: {grew:.0}")
+            } else {
+                format!("{what} used {grew:.1} s of CPU")
+            })
+            .collect::<Vec<_>>()
+            .join(", "),
+        a_cpu.0,
+        a_cpu.1.as_secs_f64()
     );
     let _ = writeln!(r, "## DNS answers on random account names\n");
     let _ = writeln!(
