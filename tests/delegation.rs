@@ -68,7 +68,7 @@ async fn delegation_condition_follows_the_users_cname() {
     let knot = Knot::start(&dir, &zones);
 
     let resolver = knot.addr.to_string();
-    let _serve = common::spawn_serve(
+    let serve = common::spawn_serve(
         &namespace,
         &namespace,
         &["--delegation-resolver", &resolver],
@@ -124,9 +124,36 @@ async fn delegation_condition_follows_the_users_cname() {
         "{events}"
     );
 
-    // The user publishes the CNAME: the recheck (with backoff) notices.
+    // The two failing accounts are rechecked after 10 s. Finding what their status
+    // says, the controller neither writes nor reads them.
+    let counters = || async {
+        let (_, body) = common::http_get(serve.metrics, "/metrics").await.unwrap();
+        let value = |name| common::metric(&body, name).unwrap_or_default();
+        (
+            value("kube_acme_dns_delegation_checks_total"),
+            value("kube_acme_dns_controller_reads_total"),
+        )
+    };
+    let (checks, reads) = counters().await;
+    common::eventually(
+        "the failing accounts rechecked",
+        Duration::from_secs(30),
+        || async { (counters().await.0 >= checks + 2.0).then_some(()) },
+    )
+    .await;
+    assert_eq!(
+        counters().await.1,
+        reads,
+        "a recheck that finds nothing new reads no account"
+    );
+    let unchanged = delegated_condition(&accounts, &late, "False").await;
+    assert_eq!(unchanged, missing, "the status is left as it was");
+
+    // The user publishes the CNAME: the recheck (with backoff) notices, and the account
+    // is read to write what it found.
     zone_file(&dir, "missing.test", Some(&late_fqdn));
     knot.reload();
     let fixed = delegated_condition(&accounts, &late, "True").await;
     assert_eq!(fixed.reason, "CnameFound");
+    assert!(counters().await.1 > reads, "the changed account was read");
 }

@@ -259,29 +259,39 @@ fn control_plane_pid(name: &str) -> Option<u32> {
         .ok()
 }
 
-/// Accounts a replica has reconciled, whatever the result.
-async fn reconciles(metrics: SocketAddr) -> f64 {
+/// Accounts a replica has reconciled, whatever the result, and those it read from the
+/// API server to do so.
+async fn reconciles(metrics: SocketAddr) -> [f64; 2] {
     let Some((_, body)) = common::http_get(metrics, "/metrics").await else {
-        return 0.0;
+        return [0.0; 2];
     };
-    body.lines()
+    let reconciled = body
+        .lines()
         .filter(|l| l.starts_with("kube_acme_dns_reconciles_total{"))
         .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
-        .sum()
+        .sum();
+    let read = common::metric(&body, "kube_acme_dns_controller_reads_total").unwrap_or_default();
+    [reconciled, read]
 }
 
 /// When, and the counters then.
-type Sample = (Instant, [f64; 4]);
+type Sample = (Instant, [f64; 5]);
 
-/// CPU seconds of kube-apiserver, etcd and one replica, and that replica's reconciles,
-/// sampled every 100 ms while a second replica starts.
+/// CPU seconds of kube-apiserver, etcd and one replica, and that replica's reconciles
+/// and reads of accounts, sampled every 100 ms while a second replica starts.
 struct Sampler {
     samples: Arc<std::sync::Mutex<Vec<Sample>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Sampler {
-    const WHAT: [&str; 4] = ["kube-apiserver", "etcd", "B", "B's reconciles"];
+    const WHAT: [&str; 5] = [
+        "kube-apiserver",
+        "etcd",
+        "B",
+        "B's reconciles",
+        "B's reads of accounts",
+    ];
 
     fn start(replica: &common::Serve) -> Self {
         let pids = [
@@ -296,8 +306,8 @@ impl Sampler {
             async move {
                 loop {
                     let cpu = pids.map(|p| p.map_or(f64::NAN, cpu_seconds));
-                    let done = reconciles(metrics).await;
-                    let sample = (Instant::now(), [cpu[0], cpu[1], cpu[2], done]);
+                    let [done, read] = reconciles(metrics).await;
+                    let sample = (Instant::now(), [cpu[0], cpu[1], cpu[2], done, read]);
                     samples.lock().unwrap().push(sample);
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
@@ -307,14 +317,14 @@ impl Sampler {
     }
 
     /// What each counter grew by from `from` to `to` (the samples nearest inside).
-    fn between(self, from: Instant, to: Instant) -> [f64; 4] {
+    fn between(self, from: Instant, to: Instant) -> [f64; 5] {
         self.task.abort();
         let samples = self.samples.lock().unwrap();
         let first = samples.iter().find(|(t, _)| *t >= from);
         let last = samples.iter().rev().find(|(t, _)| *t <= to);
         match (first, last) {
             (Some((_, a)), Some((_, b))) => std::array::from_fn(|i| b[i] - a[i]),
-            _ => [f64::NAN; 4],
+            _ => [f64::NAN; 5],
         }
     }
 }
@@ -803,7 +813,7 @@ async fn scale() {
         Sampler::WHAT
             .iter()
             .zip(during_a_sync)
-            .map(|(what, grew)| if what.ends_with("reconciles") {
+            .map(|(what, grew)| if what.starts_with("B's") {
                 format!("{what}: {grew:.0}")
             } else {
                 format!("{what} used {grew:.1} s of CPU")

@@ -12,8 +12,10 @@
 //! changes while this replica leads. It keeps no copy of the accounts. A pass over every
 //! account (when it takes the Lease, and whenever the watch re-lists) plans the accounts
 //! whose status is settled from what the index keeps of them (`status::settled`) and
-//! reads only the others from the API server; an account woken by its timer is read
-//! again (`queue`).
+//! reads only the others from the API server. An account woken by its timer is read
+//! again (`queue`) unless the index vouches for its status: then its delegation, when
+//! due, is checked with what the index keeps, and the account is read only when the
+//! outcome differs from what its status says.
 
 pub mod delegation;
 pub mod lease;
@@ -41,7 +43,7 @@ use kube::{
     Api, Client, Resource, ResourceExt,
     api::{GetParams, ListParams, PostParams},
 };
-use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -182,6 +184,8 @@ pub struct ControllerMetrics {
     pub leader: IntGauge,
     reconciles: IntCounterVec,
     errors: IntCounterVec,
+    reads: IntCounter,
+    delegation_checks: IntCounter,
 }
 
 impl ControllerMetrics {
@@ -204,13 +208,25 @@ impl ControllerMetrics {
             ),
             &["cause"],
         )?;
+        let reads = IntCounter::new(
+            "kube_acme_dns_controller_reads_total",
+            "Accounts read from the API server to be reconciled: those the index cannot vouch for (woken by a timer, or found by a pass over every account), and those whose delegation check found something new",
+        )?;
+        let delegation_checks = IntCounter::new(
+            "kube_acme_dns_delegation_checks_total",
+            "Checks of an account's _acme-challenge CNAMEs, each looking up every domain it lists",
+        )?;
         registry.register(Box::new(leader.clone()))?;
         registry.register(Box::new(reconciles.clone()))?;
         registry.register(Box::new(errors.clone()))?;
+        registry.register(Box::new(reads.clone()))?;
+        registry.register(Box::new(delegation_checks.clone()))?;
         Ok(Self {
             leader,
             reconciles,
             errors,
+            reads,
+            delegation_checks,
         })
     }
 }
@@ -528,6 +544,7 @@ async fn prune_schedule(ctx: Arc<Context>) {
 
 impl queue::Reconciler for Context {
     async fn fetch(&self, key: Arc<AccountKey>) -> Result<Option<Arc<AcmeDnsAccount>>, Duration> {
+        self.metrics.reads.inc();
         let api: Api<WatchedAccount> = Api::namespaced(self.client.clone(), &key.namespace);
         // From the API server's watch cache rather than from etcd: most woken accounts
         // only have their delegation checked again, and a leader over many accounts wakes
@@ -555,10 +572,69 @@ impl queue::Reconciler for Context {
         })
     }
 
+    async fn without_reading(&self, key: Arc<AccountKey>) -> Option<queue::Requeue> {
+        let requeue = settle_unread(&key, self).await?;
+        self.metrics.reconciles.with_label_values(&["ok"]).inc();
+        Some(Some(requeue))
+    }
+
     fn key(&self, account: &AcmeDnsAccount) -> Arc<AccountKey> {
         let key = AccountKey::of(account);
         self.index.key(&key).unwrap_or_else(|| Arc::new(key))
     }
+}
+
+/// Reconciles an account from what the index keeps of it, without reading it, when its
+/// status was settled as the watch last delivered it and nothing of it is due but a
+/// delegation check (no TXT value to drop). The check is made with the index's label and
+/// domains; when it finds what the status says, there is nothing to write, and the
+/// account is not read. Returns when to look at it again, or `None` when it must be read
+/// and reconciled: not settled, a TXT value expiring, a check that found something new
+/// (the reconcile checks again, and writes what it finds), or domains the index keeps in
+/// another form than the spec (case, order or repeats), so the subject differs.
+///
+/// A leader over many accounts whose delegation keeps failing wakes each of them with
+/// the backoff, hourly at worst: that is every account read once an hour, a steady load
+/// on the API server for statuses that do not change.
+async fn settle_unread(key: &Arc<AccountKey>, ctx: &Context) -> Option<Duration> {
+    let (settled, label, domains) = ctx.index.settled_subject(key)?;
+    let now = Timestamp::now();
+    let txt_expiry = settled
+        .txt_expires
+        .and_then(|at| Timestamp::from_second(at.get()).ok());
+    if txt_expiry.is_some_and(|at| at <= now) {
+        return None;
+    }
+    if settled.delegated.is_none() {
+        return domains
+            .is_empty()
+            .then(|| next_wake(key, txt_expiry, now, ctx));
+    }
+    let fqdn = format!("{label}.{}.", ctx.zone.trim_end_matches('.'));
+    let subject: Subject = (domains, fqdn);
+    if schedule::subject_hash(&subject) != settled.subject {
+        return None;
+    }
+    let delegated = settled.delegated == Some(true);
+    let since = Timestamp::from_second(settled.delegated_since).unwrap_or_default();
+    adopt_earlier_check(key, settled.subject, delegated, since, ctx);
+    let due =
+        ctx.schedule
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .due(key, &subject, Instant::now());
+    if due {
+        let (domains, fqdn) = &subject;
+        let findings = look_up(ctx, domains, fqdn).await;
+        if !status::same_delegation(&settled, &findings, fqdn) {
+            return None;
+        }
+        ctx.schedule
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .record(key, &subject, delegated, Instant::now());
+    }
+    Some(next_wake(key, txt_expiry, Timestamp::now(), ctx))
 }
 
 /// Reconciles one account; returns when to look at it again.
@@ -656,36 +732,39 @@ async fn check_delegation_if_due(
     if !due && earlier.is_some() {
         return DelegationState::Unchanged;
     }
-    let Some(resolver) = ctx.resolver else {
-        return DelegationState::Checked(
-            domains
-                .into_iter()
-                .map(|d| {
-                    let name = delegation::challenge_name(&d);
-                    (
-                        d,
-                        Finding::Unresolvable {
-                            name,
-                            reason: "no resolver configured (--delegation-resolver)".into(),
-                        },
-                    )
-                })
-                .collect(),
-        );
-    };
-    let fqdn_ref = fqdn.as_str();
-    let findings: Vec<(String, Finding)> = futures::future::join_all(
-        domains
-            .iter()
-            .map(|d| async move { (d.clone(), delegation::check(resolver, d, fqdn_ref).await) }),
-    )
-    .await;
+    let findings = look_up(ctx, &domains, &fqdn).await;
     let delegated = findings.iter().all(|(_, f)| *f == Finding::Delegated);
     ctx.schedule
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .record(key, &subject, delegated, Instant::now());
     DelegationState::Checked(findings)
+}
+
+/// Checks that the `_acme-challenge` name of each of `domains` leads to `fqdn`.
+async fn look_up(ctx: &Context, domains: &[String], fqdn: &str) -> Vec<(String, Finding)> {
+    ctx.metrics.delegation_checks.inc();
+    let Some(resolver) = ctx.resolver else {
+        return domains
+            .iter()
+            .map(|d| {
+                let name = delegation::challenge_name(d);
+                (
+                    d.clone(),
+                    Finding::Unresolvable {
+                        name,
+                        reason: "no resolver configured (--delegation-resolver)".into(),
+                    },
+                )
+            })
+            .collect();
+    };
+    futures::future::join_all(
+        domains
+            .iter()
+            .map(|d| async move { (d.clone(), delegation::check(resolver, d, fqdn).await) }),
+    )
+    .await
 }
 
 /// Records `notices` as Events on the account. A failure is logged, never fatal: the

@@ -3,9 +3,11 @@
 //!
 //! It keeps no copy of the accounts. An account that changes arrives with its newest
 //! state and is reconciled from that; one woken by its timer (a delegation recheck, a TXT
-//! value expiring) is read from the API server first. So the leader's memory per account
-//! is one timer, not an object, and the same holds while it catches up: accounts queued
-//! beyond [`OBJECTS_HELD`] keep only their key and are read again when their turn comes.
+//! value expiring) is handled without its state when the reconciler can
+//! ([`Reconciler::without_reading`]), and read from the API server first otherwise. So
+//! the leader's memory per account is one timer, not an object, and the same holds while
+//! it catches up: accounts queued beyond [`OBJECTS_HELD`] keep only their key and are
+//! read again when their turn comes.
 
 use std::{
     collections::{HashMap, HashSet, VecDeque},
@@ -54,6 +56,17 @@ pub trait Reconciler: Send + Sync + 'static {
         key: Arc<AccountKey>,
         account: Arc<AcmeDnsAccount>,
     ) -> impl Future<Output = Requeue> + Send;
+
+    /// Handles an account whose state is not held (woken by its timer, or queued with
+    /// only its key) without reading it, when that is enough: `Some` with what comes
+    /// next, or `None` to have it read ([`Reconciler::fetch`]) and reconciled.
+    fn without_reading(
+        &self,
+        account: Arc<AccountKey>,
+    ) -> impl Future<Output = Option<Requeue>> + Send {
+        let _ = account;
+        async { None }
+    }
 
     /// The shared key of an account seen in an object, so every record of it points to
     /// one allocation.
@@ -162,10 +175,15 @@ pub async fn run<R: Reconciler>(
             in_flight.push(async move {
                 let account = match account {
                     Some(account) => Some(account),
-                    None => match reconciler.fetch(key.clone()).await {
-                        Ok(account) => account,
-                        Err(retry) => return (key, Some(retry)),
-                    },
+                    None => {
+                        if let Some(requeue) = reconciler.without_reading(key.clone()).await {
+                            return (key, requeue);
+                        }
+                        match reconciler.fetch(key.clone()).await {
+                            Ok(account) => account,
+                            Err(retry) => return (key, Some(retry)),
+                        }
+                    }
                 };
                 let requeue = match account {
                     Some(account) => reconciler.reconcile(key.clone(), account).await,
@@ -222,6 +240,8 @@ mod tests {
         work: Duration,
         requeue: Requeue,
         stored: Mutex<HashMap<String, Arc<AcmeDnsAccount>>>,
+        /// Accounts handled without reading them, and when each asks to be woken.
+        unread: Mutex<HashMap<String, Requeue>>,
         log: Mutex<Vec<String>>,
         running: Mutex<HashSet<String>>,
         most_at_once: Mutex<usize>,
@@ -233,6 +253,7 @@ mod tests {
                 work,
                 requeue,
                 stored: Mutex::default(),
+                unread: Mutex::default(),
                 log: Mutex::default(),
                 running: Mutex::default(),
                 most_at_once: Mutex::default(),
@@ -254,6 +275,15 @@ mod tests {
                 .unwrap()
                 .push(format!("fetch {}", account.name));
             Ok(self.stored.lock().unwrap().get(&*account.name).cloned())
+        }
+
+        async fn without_reading(&self, account: Arc<AccountKey>) -> Option<Requeue> {
+            let requeue = *self.unread.lock().unwrap().get(&*account.name)?;
+            self.log
+                .lock()
+                .unwrap()
+                .push(format!("unread {}", account.name));
+            Some(requeue)
         }
 
         async fn reconcile(&self, key: Arc<AccountKey>, account: Arc<AcmeDnsAccount>) -> Requeue {
@@ -416,6 +446,39 @@ mod tests {
             "each woken once: {:?}",
             recorder.log()
         );
+        drop(tx);
+        runner.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_woken_account_the_reconciler_can_handle_unread_is_not_read() {
+        let recorder = Recorder::new(Duration::from_millis(1), None);
+        recorder
+            .stored
+            .lock()
+            .unwrap()
+            .insert("a".into(), account("a", "2"));
+        recorder
+            .unread
+            .lock()
+            .unwrap()
+            .insert("a".into(), Some(Duration::from_secs(60)));
+        let (tx, mut rx) = tokio::sync::mpsc::channel(16);
+        let runner = tokio::spawn(run(
+            futures::stream::poll_fn(move |cx| rx.poll_recv(cx)),
+            recorder.clone(),
+            4,
+        ));
+        tx.send(Work::Wake(key("a"), Duration::from_secs(10)))
+            .await
+            .unwrap();
+        // Woken at 10 s, and again at 70 s as it asked, never read.
+        tokio::time::sleep(Duration::from_secs(71)).await;
+        assert_eq!(recorder.log(), ["unread a", "unread a"]);
+        // Once the reconciler cannot, it is read and reconciled.
+        recorder.unread.lock().unwrap().clear();
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        assert_eq!(recorder.log()[2..], ["fetch a", "a@2"]);
         drop(tx);
         runner.await.unwrap();
     }

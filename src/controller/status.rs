@@ -202,7 +202,26 @@ pub fn settled(
         delegated: checked.map(|c| c.status == "True"),
         delegated_since: checked.map_or(0, |c| c.last_transition_time.0.as_second()),
         subject: subject_hash(&(domains, fqdn)),
+        delegation_note: checked.map_or(0, note),
     })
+}
+
+/// The hash [`Settled::delegation_note`] keeps of a Delegated condition: of what a
+/// reconcile writes of it, besides its generation and transition time.
+fn note(condition: &Condition) -> u64 {
+    use std::hash::BuildHasher;
+    std::hash::BuildHasherDefault::<std::hash::DefaultHasher>::default().hash_one((
+        &condition.status,
+        &condition.reason,
+        &condition.message,
+    ))
+}
+
+/// Whether a delegation check that found `findings` leaves a settled account's status as
+/// it is: the Delegated condition it would write is the one the status holds.
+pub fn same_delegation(settled: &Settled, findings: &[(String, Finding)], fqdn: &str) -> bool {
+    let found = delegation_condition(findings, fqdn, None, Timestamp::UNIX_EPOCH);
+    settled.delegated.is_some() && note(&found) == settled.delegation_note
 }
 
 /// When the oldest TXT value will be dropped, if there is one.
@@ -690,6 +709,47 @@ mod tests {
         );
         let no_domains = reconciled(account(&[], &[], checked), None, checked);
         assert_eq!(judge(&no_domains, later).unwrap().delegated, None);
+    }
+
+    #[test]
+    fn a_check_is_seen_to_leave_a_settled_status_as_it_is_only_when_it_finds_the_same() {
+        let now = Timestamp::from_second(2_000_000_000).unwrap();
+        let fqdn = "abc.auth.example.test.";
+        let missing = vec![(
+            "example.test".to_string(),
+            Finding::Missing {
+                name: challenge_name("example.test"),
+            },
+        )];
+        let failing = reconciled(account(&["example.test"], &[], now), Some(false), now);
+        let settled = judge(&failing, now).expect("settled");
+        assert!(same_delegation(&settled, &missing, fqdn));
+        let found = vec![("example.test".to_string(), Finding::Delegated)];
+        assert!(!same_delegation(&settled, &found, fqdn), "now delegated");
+        let elsewhere = vec![(
+            "example.test".to_string(),
+            Finding::WrongTarget {
+                name: challenge_name("example.test"),
+                target: "other.example.net.".into(),
+            },
+        )];
+        assert!(
+            !same_delegation(&settled, &elsewhere, fqdn),
+            "still not delegated, but for another reason the message tells"
+        );
+        assert!(
+            !same_delegation(&settled, &missing, "def.auth.example.test."),
+            "the message names the FQDN"
+        );
+
+        let delegated = reconciled(account(&["example.test"], &[], now), Some(true), now);
+        let settled = judge(&delegated, now).expect("settled");
+        assert!(same_delegation(&settled, &found, fqdn));
+        assert!(!same_delegation(&settled, &missing, fqdn));
+
+        let no_domains = reconciled(account(&[], &[], now), None, now);
+        let settled = judge(&no_domains, now).expect("settled");
+        assert!(!same_delegation(&settled, &[], fqdn), "nothing was checked");
     }
 
     #[test]

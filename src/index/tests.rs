@@ -3,7 +3,7 @@
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 
 use super::*;
-use crate::api::{AcmeDnsAccountSpec, AcmeDnsAccountStatus, DnsLabel, TxtValue};
+use crate::api::{AcmeDnsAccountSpec, AcmeDnsAccountStatus, DnsLabel, DomainName, TxtValue};
 
 fn account(name: &str, created: i64, label: Option<&str>, values: &[&str]) -> AcmeDnsAccount {
     let mut account = AcmeDnsAccount::new(name, AcmeDnsAccountSpec::default());
@@ -306,6 +306,7 @@ fn what_the_controller_plans_from_is_kept_unless_the_label_is_contested() {
         delegated: Some(true),
         delegated_since: 10,
         subject: 7,
+        delegation_note: 9,
     };
     let index = AccountIndex::new(1).settling(move |account| {
         (account.metadata.name.as_deref() != Some("unsettled")).then_some(plan)
@@ -319,10 +320,27 @@ fn what_the_controller_plans_from_is_kept_unless_the_label_is_contested() {
     assert_eq!(index.settled(&key("a")), Some(plan));
     assert_eq!(index.settled(&key("unsettled")), None);
     assert_eq!(index.keys().len(), 2);
+    // With what a delegation check looks at: the label, and the domains as the index
+    // keeps them.
+    let mut listed = account("a", 1, Some("abc"), &[]);
+    listed.spec.domains = ["Web.Example.", "api.example", "web.example"]
+        .map(|d| DomainName(d.into()))
+        .into();
+    index.apply(&listed);
+    assert_eq!(
+        index.settled_subject(&key("a")),
+        Some((
+            plan,
+            "abc".to_string(),
+            vec!["api.example".to_string(), "web.example".to_string()]
+        ))
+    );
+    assert_eq!(index.settled_subject(&key("unsettled")), None);
     // Another account claims the label: a reconcile decides between them.
     index.apply(&account("b", 2, Some("abc"), &[]));
     assert_eq!(index.settled(&key("a")), None);
     assert_eq!(index.settled(&key("b")), None);
+    assert_eq!(index.settled_subject(&key("a")), None);
     index.delete(&account("b", 2, Some("abc"), &[]));
     assert_eq!(index.settled(&key("a")), Some(plan));
     // Without a judge (no controller role), nothing is settled.
