@@ -546,11 +546,10 @@ impl queue::Reconciler for Context {
     async fn fetch(&self, key: Arc<AccountKey>) -> Result<Option<Arc<AcmeDnsAccount>>, Duration> {
         self.metrics.reads.inc();
         let api: Api<WatchedAccount> = Api::namespaced(self.client.clone(), &key.namespace);
-        // From the API server's watch cache rather than from etcd: most woken accounts
-        // only have their delegation checked again, and a leader over many accounts wakes
-        // hundreds a second. A cached object a moment old is safe: its status is written
-        // with its resourceVersion, so a newer object makes the write fail with 409 and
-        // the account is reconciled again from the newer one.
+        // From the API server's watch cache rather than from etcd: a leader catching up
+        // over many accounts reads hundreds a second. A cached object a moment old is
+        // safe: its status is written with its resourceVersion, so a newer object makes
+        // the write fail with 409 and the account is reconciled again from the newer one.
         match api.get_with(&key.name, &GetParams::any()).await {
             Ok(WatchedAccount(account)) => Ok(Some(Arc::new(account))),
             Err(kube::Error::Api(s)) if s.code == 404 => Ok(None),
@@ -593,9 +592,9 @@ impl queue::Reconciler for Context {
 /// (the reconcile checks again, and writes what it finds), or domains the index keeps in
 /// another form than the spec (case, order or repeats), so the subject differs.
 ///
-/// A leader over many accounts whose delegation keeps failing wakes each of them with
-/// the backoff, hourly at worst: that is every account read once an hour, a steady load
-/// on the API server for statuses that do not change.
+/// Without this, a leader over many accounts whose delegation keeps failing would read
+/// each of them at every step of the backoff, and hourly at worst: a steady load on the
+/// API server for statuses that do not change.
 async fn settle_unread(key: &Arc<AccountKey>, ctx: &Context) -> Option<Duration> {
     let (settled, label, domains) = ctx.index.settled_subject(key)?;
     let now = Timestamp::now();
