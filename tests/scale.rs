@@ -265,11 +265,12 @@ async fn reconciles(metrics: SocketAddr) -> [f64; 2] {
     let Some((_, body)) = common::http_get(metrics, "/metrics").await else {
         return [0.0; 2];
     };
+    // Folded from 0.0: a sum of nothing is -0.0, which a report would print as "-0".
     let reconciled = body
         .lines()
         .filter(|l| l.starts_with("kube_acme_dns_reconciles_total{"))
         .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
-        .sum();
+        .fold(0.0, |sum, n| sum + n);
     let read = common::metric(&body, "kube_acme_dns_controller_reads_total").unwrap_or_default();
     [reconciled, read]
 }
