@@ -617,21 +617,14 @@ async fn settle_unread(key: &Arc<AccountKey>, ctx: &Context) -> Option<Duration>
     let delegated = settled.delegated == Some(true);
     let since = Timestamp::from_second(settled.delegated_since).unwrap_or_default();
     adopt_earlier_check(key, settled.subject, delegated, since, ctx);
-    let due =
-        ctx.schedule
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .due(key, &subject, Instant::now());
+    let due = check_due(key, &subject, ctx);
     if due {
         let (domains, fqdn) = &subject;
         let findings = look_up(ctx, domains, fqdn).await;
         if !status::same_delegation(&settled, &findings, fqdn) {
             return None;
         }
-        ctx.schedule
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .record(key, &subject, delegated, Instant::now());
+        record_check(key, &subject, delegated, ctx);
     }
     Some(next_wake(key, txt_expiry, Timestamp::now(), ctx))
 }
@@ -723,21 +716,30 @@ async fn check_delegation_if_due(
         let since = condition.last_transition_time.0;
         adopt_earlier_check(key, schedule::subject_hash(&subject), delegated, since, ctx);
     }
-    let due =
-        ctx.schedule
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .due(key, &subject, Instant::now());
+    let due = check_due(key, &subject, ctx);
     if !due && earlier.is_some() {
         return DelegationState::Unchanged;
     }
     let findings = look_up(ctx, &domains, &fqdn).await;
     let delegated = findings.iter().all(|(_, f)| *f == Finding::Delegated);
+    record_check(key, &subject, delegated, ctx);
+    DelegationState::Checked(findings)
+}
+
+/// Whether `subject` of `key` is due for a delegation check now.
+fn check_due(key: &AccountKey, subject: &Subject, ctx: &Context) -> bool {
     ctx.schedule
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .record(key, &subject, delegated, Instant::now());
-    DelegationState::Checked(findings)
+        .due(key, subject, Instant::now())
+}
+
+/// Records the outcome of a delegation check of `subject` made now.
+fn record_check(key: &Arc<AccountKey>, subject: &Subject, delegated: bool, ctx: &Context) {
+    ctx.schedule
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .record(key, subject, delegated, Instant::now());
 }
 
 /// Checks that the `_acme-challenge` name of each of `domains` leads to `fqdn`.

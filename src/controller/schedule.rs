@@ -6,7 +6,7 @@
 
 use std::{
     collections::HashMap,
-    hash::{BuildHasher, BuildHasherDefault, DefaultHasher},
+    hash::{BuildHasher, BuildHasherDefault, DefaultHasher, Hash},
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -29,9 +29,15 @@ struct Memo {
     failures: u32,
 }
 
+/// A hash of `value` that is the same for equal values throughout the process: what the
+/// controller keeps of a thing it only ever compares.
+pub fn hash_of<T: Hash + ?Sized>(value: &T) -> u64 {
+    BuildHasherDefault::<DefaultHasher>::default().hash_one(value)
+}
+
 /// The hash of `subject` the schedule keeps, for [`DelegationSchedule::adopt`].
 pub fn subject_hash(subject: &Subject) -> u64 {
-    BuildHasherDefault::<DefaultHasher>::default().hash_one(subject)
+    hash_of(subject)
 }
 
 #[derive(Default)]
@@ -146,7 +152,7 @@ impl DelegationSchedule {
 /// so the checks of many accounts spread evenly, and each replica places an account at
 /// the same point.
 fn spread(account: &AccountKey) -> f64 {
-    let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one(account);
+    let hash = hash_of(account);
     (hash >> 11) as f64 / (1u64 << 53) as f64
 }
 

@@ -9,7 +9,7 @@ use k8s_openapi::{
 
 use super::{
     delegation::{Finding, challenge_name},
-    schedule::subject_hash,
+    schedule::{hash_of, subject_hash},
 };
 use crate::{
     api::{AcmeDnsAccount, AcmeDnsAccountStatus, CnameRecord, DnsLabel},
@@ -209,12 +209,7 @@ pub fn settled(
 /// The hash [`Settled::delegation_note`] keeps of a Delegated condition: of what a
 /// reconcile writes of it, besides its generation and transition time.
 fn note(condition: &Condition) -> u64 {
-    use std::hash::BuildHasher;
-    std::hash::BuildHasherDefault::<std::hash::DefaultHasher>::default().hash_one((
-        &condition.status,
-        &condition.reason,
-        &condition.message,
-    ))
+    hash_of(&(&condition.status, &condition.reason, &condition.message))
 }
 
 /// Whether a delegation check that found `findings` leaves a settled account's status as
