@@ -394,14 +394,14 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         futures::future::Either::Right(std::future::pending())
     };
 
-    let (shared, watch) = watch::watch(accounts.clone(), index.clone(), {
+    let (shared, watch) = watch::watch(accounts.clone(), index.clone(), &registry, {
         let health = health.clone();
         move |accounts| {
             if !health.mark_synced() {
                 info!(accounts, "initial account sync complete; ready");
             }
         }
-    });
+    })?;
 
     // Its own task, so it keeps feeding the index while the HTTP servers drain: a
     // Present in flight at shutdown still sees its write delivered.

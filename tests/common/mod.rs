@@ -5,6 +5,7 @@
 
 pub mod acme_api;
 pub mod aggregation;
+pub mod apiserver;
 pub mod bind;
 pub mod cert_manager;
 pub mod certificate;

@@ -13,12 +13,13 @@
 
 use std::{borrow::Cow, sync::Arc, time::Duration};
 
-use futures::{Stream, StreamExt, TryStreamExt};
+use futures::{Stream, StreamExt};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
 use kube::{
     Api, Resource,
-    runtime::{WatchStreamExt, utils::Backoff, watcher},
+    runtime::{WatchStreamExt, utils::Backoff},
 };
+use prometheus::{IntCounterVec, Opts, Registry};
 use serde::Deserialize;
 use tokio::sync::broadcast;
 use tracing::{debug, info, warn};
@@ -27,6 +28,11 @@ use crate::{
     api::{AcmeDnsAccount, AcmeDnsAccountSpec, AcmeDnsAccountStatus},
     index::{self, AccountIndex, AccountKey},
 };
+
+mod events;
+
+pub use events::LIST_PAGE;
+use events::{Event, ListBy};
 
 /// Changed accounts queued for a slow controller before it is told to re-read them all.
 const CHANGES_BUFFERED: usize = 1024;
@@ -197,56 +203,42 @@ impl SharedAccounts {
 
 /// Sets up the watch on `accounts`. The returned future runs it and never ends;
 /// `on_synced` is called after each complete (re-)list.
-pub fn watch(
+pub fn watch<F: Fn(usize) + Send + 'static>(
     accounts: Api<WatchedAccount>,
     index: Arc<AccountIndex>,
-    on_synced: impl Fn(usize) + Send + 'static,
-) -> (SharedAccounts, impl Future<Output = ()> + Send) {
+    registry: &Registry,
+    on_synced: F,
+) -> prometheus::Result<(SharedAccounts, impl Future<Output = ()> + Send + use<F>)> {
     let (changes, _) = broadcast::channel(CHANGES_BUFFERED);
     let (synced_tx, synced) = tokio::sync::watch::channel(false);
     let shared = SharedAccounts {
         synced,
         changes: changes.clone(),
     };
-    // A re-list must never be older than an event already applied, or it would take a
-    // newer TXT value away again: list from etcd (a consistent read), not from an API
-    // server's cache that may lag behind the one the watch used before. Lists come in
-    // pages, so a large one is never held whole.
-    let config = watcher::Config::default()
-        .list_semantic(watcher::ListSemantic::MostRecent)
-        .page_size(LIST_PAGE);
+    let lists = IntCounterVec::new(
+        Opts::new(
+            "kube_acme_dns_account_lists_total",
+            "Complete (re-)lists of every AcmeDnsAccount, by how they were made: one streaming list, or page by page where the API server cannot stream",
+        ),
+        &["by"],
+    )?;
+    registry.register(Box::new(lists.clone()))?;
     // Nobody reads the field managers or the annotations (where `kubectl apply` keeps a
     // whole copy of the object): `WatchedAccount` does not decode them.
-    let events = watcher(accounts, config)
-        .backoff(WatchBackoff::new())
-        .map_ok(unwrap);
-    let run = feed(events, changes, index, move |listed| {
+    let events = events::events(accounts).backoff(WatchBackoff::new());
+    let run = feed(events, changes, index, move |listed, by| {
+        lists.with_label_values(&[by.as_str()]).inc();
         synced_tx.send_replace(true);
         on_synced(listed);
     });
-    (shared, run)
+    Ok((shared, run))
 }
-
-/// The account inside each object of `event`.
-fn unwrap(event: watcher::Event<WatchedAccount>) -> watcher::Event<AcmeDnsAccount> {
-    use watcher::Event::*;
-    match event {
-        Apply(account) => Apply(account.0),
-        Delete(account) => Delete(account.0),
-        InitApply(account) => InitApply(account.0),
-        Init => Init,
-        InitDone => InitDone,
-    }
-}
-
-/// Accounts per page of a (re-)list.
-pub const LIST_PAGE: u32 = 500;
 
 async fn feed(
-    events: impl Stream<Item = watcher::Result<watcher::Event<AcmeDnsAccount>>> + Send,
+    events: impl Stream<Item = events::Step> + Send,
     changes: broadcast::Sender<Change>,
     index: Arc<AccountIndex>,
-    on_synced: impl Fn(usize) + Send,
+    on_synced: impl Fn(usize, ListBy) + Send,
 ) {
     let mut events = std::pin::pin!(events);
     // A (re-)list in progress: applied to the index account by account, so it is never
@@ -256,36 +248,36 @@ async fn feed(
         let event = match event {
             Ok(event) => event,
             Err(err) => {
-                warn!(%err, "AcmeDnsAccount watch failed; serving the last state seen, retrying");
+                warn!(%err, "AcmeDnsAccount watch interrupted; serving the last state seen, retrying");
                 continue;
             }
         };
         match event {
-            watcher::Event::Apply(account) => {
+            Event::Apply(WatchedAccount(account)) => {
                 debug!(account = %AccountKey::of(&account), subdomain = ?account.status.as_ref().and_then(|s| s.subdomain.as_ref()), "account applied");
                 index.apply(&account);
                 if changes.receiver_count() > 0 {
                     let _ = changes.send(Change::Applied(Arc::new(account)));
                 }
             }
-            watcher::Event::Delete(account) => {
+            Event::Delete(WatchedAccount(account)) => {
                 info!(account = %AccountKey::of(&account), "account deleted");
                 index.delete(&account);
             }
             // A list that failed half-way is started over; what it applied stays, and
             // the next one to finish removes what is gone.
-            watcher::Event::Init => relist = Some(index.relist()),
-            watcher::Event::InitApply(account) => {
+            Event::Init => relist = Some(index.relist()),
+            Event::InitApply(WatchedAccount(account)) => {
                 relist.get_or_insert_with(|| index.relist()).apply(&account);
             }
-            watcher::Event::InitDone => {
+            Event::InitDone(by) => {
                 let listed = relist.take().map_or(0, |r| r.finish());
                 // Whatever changed while the watch was down is in the re-list; the
                 // controller reads it again.
                 if changes.receiver_count() > 0 {
                     let _ = changes.send(Change::Resync);
                 }
-                on_synced(listed);
+                on_synced(listed, by);
                 index::release_freed_memory();
             }
         }

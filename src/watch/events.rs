@@ -1,0 +1,347 @@
+//! The events of the account watch: a (re-)list, account by account, then every change.
+//!
+//! A list is made as a streaming list where the API server can: one watch that starts
+//! with every account and a bookmark marking the end, then goes on with changes. Where it
+//! cannot (the `WatchList` feature is off, or the server is older than Kubernetes 1.27),
+//! it is a list page by page, then a watch from the list's resourceVersion.
+//!
+//! Why not pages everywhere: a continued page is read at the first page's exact
+//! resourceVersion, which kube-apiserver's watch cache can only serve while it holds a
+//! snapshot at that version. It drops those at each etcd compaction (every 5 minutes), so
+//! on an API server where no account was written for a while, every page after the first
+//! is read from etcd and decoded again: several times the API server's CPU, and a replica
+//! with 100 000 accounts took a minute instead of 15 s to be ready. A streaming list is
+//! served from the watch cache whatever its age.
+//!
+//! Both lists are consistent reads (the resourceVersion is unset): a re-list is never
+//! older than an event already applied, even when it goes to another API server whose
+//! cache lags behind.
+
+use std::{collections::VecDeque, time::Duration};
+
+use futures::{Stream, StreamExt, stream::BoxStream};
+use kube::{
+    Api,
+    api::{ListParams, WatchEvent, WatchParams},
+    core::Status,
+};
+use tracing::{debug, warn};
+
+use super::WatchedAccount;
+
+/// Accounts per page of a paged (re-)list.
+pub const LIST_PAGE: u32 = 500;
+
+/// How long the API server keeps a watch open before the client starts a new one from the
+/// last version seen. Changes arrive as they happen either way; bookmarks keep that version
+/// recent, so a new watch rarely needs a re-list.
+const WATCH_SECONDS: u32 = 290;
+
+/// The same for a streaming list, which must send every account before it ends: long
+/// enough for a slow API server to send millions.
+const STREAM_LIST_SECONDS: u32 = 1800;
+
+/// A watch that sends nothing, not even a bookmark, for this long after its timeout is
+/// taken for a connection lost without notice, and started again.
+const IDLE_MARGIN: Duration = Duration::from_secs(30);
+
+/// The annotation on the bookmark that ends a streaming list's accounts.
+const INITIAL_EVENTS_END: &str = "k8s.io/initial-events-end";
+
+/// Why the watch stopped for a moment. Each is logged and retried with backoff; none
+/// loses what the index holds.
+#[derive(Debug, thiserror::Error)]
+pub enum WatchError {
+    #[error("could not list AcmeDnsAccounts: {0}")]
+    List(#[source] kube::Error),
+    #[error("could not watch AcmeDnsAccounts: {0}")]
+    Watch(#[source] kube::Error),
+    #[error("the API server ended the watch: {0}")]
+    Status(#[source] Box<Status>),
+    #[error(
+        "the API server no longer holds the changes since resourceVersion {0} (they were compacted); listing every account again"
+    )]
+    Expired(String),
+    #[error("the API server ended a streaming list before sending every account; listing again")]
+    StreamCut,
+    #[error("the API server sent a list without a resourceVersion; listing again")]
+    NoResourceVersion,
+}
+
+/// How a (re-)list is made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ListBy {
+    Stream,
+    Pages,
+}
+
+impl ListBy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Stream => "stream",
+            Self::Pages => "pages",
+        }
+    }
+}
+
+type Events = BoxStream<'static, kube::Result<WatchEvent<WatchedAccount>>>;
+
+enum Phase {
+    /// Nothing to watch from: (re-)list.
+    List,
+    /// A streaming list: every account, then the bookmark that ends them.
+    Streaming(Events),
+    /// A list page by page. `version` is the first page's, once it came.
+    Paging {
+        page: VecDeque<WatchedAccount>,
+        continue_token: Option<String>,
+        version: Option<String>,
+    },
+    /// Everything up to `version` is applied; watch from there.
+    Resume(String),
+    Watching {
+        version: String,
+        events: Events,
+    },
+}
+
+/// What the watch reports, in order.
+#[derive(Debug)]
+pub enum Event {
+    /// A (re-)list begins.
+    Init,
+    /// An account of the list.
+    InitApply(WatchedAccount),
+    /// The list is complete; it was made this way.
+    InitDone(ListBy),
+    /// An account was added or changed after the list.
+    Apply(WatchedAccount),
+    /// An account was deleted after the list.
+    Delete(WatchedAccount),
+}
+
+pub type Step = Result<Event, WatchError>;
+
+struct Watch {
+    api: Api<WatchedAccount>,
+    by: ListBy,
+    phase: Phase,
+}
+
+/// Every account and then every change, for as long as it is polled. Errors are items:
+/// the stream goes on after each, from where it was when it can, with a new list when
+/// it cannot.
+pub fn events(api: Api<WatchedAccount>) -> impl Stream<Item = Step> + Send {
+    let watch = Watch {
+        api,
+        by: ListBy::Stream,
+        phase: Phase::List,
+    };
+    futures::stream::unfold(watch, |mut watch| async move {
+        let step = watch.step().await;
+        Some((step, watch))
+    })
+}
+
+impl Watch {
+    async fn step(&mut self) -> Step {
+        loop {
+            let phase = std::mem::replace(&mut self.phase, Phase::List);
+            match phase {
+                Phase::List => match self.by {
+                    ListBy::Stream => {
+                        let params = WatchParams::default()
+                            .initial_events()
+                            .timeout(STREAM_LIST_SECONDS);
+                        // An empty resourceVersion is an unset one: a consistent read.
+                        match self.api.watch(&params, "").await {
+                            Ok(events) => {
+                                self.phase = Phase::Streaming(events.boxed());
+                                return Ok(Event::Init);
+                            }
+                            Err(kube::Error::Api(status)) if cannot_stream(&status) => {
+                                warn!(
+                                    reason = %status,
+                                    "this API server cannot stream lists (the WatchList feature, on by default since Kubernetes 1.32); listing AcmeDnsAccounts page by page, which costs the API server more CPU when its cache is older than the last etcd compaction"
+                                );
+                                self.by = ListBy::Pages;
+                            }
+                            Err(err) => return Err(WatchError::Watch(err)),
+                        }
+                    }
+                    ListBy::Pages => {
+                        self.phase = Phase::Paging {
+                            page: VecDeque::new(),
+                            continue_token: None,
+                            version: None,
+                        };
+                        return Ok(Event::Init);
+                    }
+                },
+                Phase::Streaming(mut events) => {
+                    match next(&mut events, STREAM_LIST_SECONDS).await {
+                        Some(Ok(WatchEvent::Added(account) | WatchEvent::Modified(account))) => {
+                            self.phase = Phase::Streaming(events);
+                            return Ok(Event::InitApply(account));
+                        }
+                        Some(Ok(WatchEvent::Bookmark(bookmark))) => {
+                            let version = bookmark.metadata.resource_version;
+                            if bookmark
+                                .metadata
+                                .annotations
+                                .contains_key(INITIAL_EVENTS_END)
+                            {
+                                if version.is_empty() {
+                                    return Err(WatchError::NoResourceVersion);
+                                }
+                                self.phase = Phase::Watching { version, events };
+                                return Ok(Event::InitDone(ListBy::Stream));
+                            }
+                            self.phase = Phase::Streaming(events);
+                        }
+                        // The API server sends none before the list's end.
+                        Some(Ok(WatchEvent::Deleted(_))) => self.phase = Phase::Streaming(events),
+                        // Whatever it was, the list has to start over: what it applied
+                        // stays, and the next list to finish removes what is gone.
+                        Some(Ok(WatchEvent::Error(status))) => {
+                            return Err(WatchError::Status(status));
+                        }
+                        // One account that cannot be decoded is skipped, not the list; the
+                        // stream ends after a lost connection.
+                        Some(Err(err)) => {
+                            self.phase = Phase::Streaming(events);
+                            return Err(WatchError::Watch(err));
+                        }
+                        None => return Err(WatchError::StreamCut),
+                    }
+                }
+                Phase::Paging {
+                    mut page,
+                    continue_token,
+                    version,
+                } => {
+                    if let Some(account) = page.pop_front() {
+                        self.phase = Phase::Paging {
+                            page,
+                            continue_token,
+                            version,
+                        };
+                        return Ok(Event::InitApply(account));
+                    }
+                    if let (None, Some(version)) = (&continue_token, &version) {
+                        self.phase = Phase::Resume(version.clone());
+                        return Ok(Event::InitDone(ListBy::Pages));
+                    }
+                    // Without a resourceVersion, the first page is a consistent read;
+                    // the continue token carries its version to the next ones.
+                    let params = ListParams {
+                        limit: Some(LIST_PAGE),
+                        continue_token: continue_token.clone(),
+                        ..ListParams::default()
+                    };
+                    // Any failure, an expired continue token among them, starts the
+                    // list over.
+                    let list = self.api.list(&params).await.map_err(WatchError::List)?;
+                    let version =
+                        version.or(list.metadata.resource_version.filter(|v| !v.is_empty()));
+                    let continue_token = list.metadata.continue_.filter(|c| !c.is_empty());
+                    if version.is_none() {
+                        return Err(WatchError::NoResourceVersion);
+                    }
+                    self.phase = Phase::Paging {
+                        page: list.items.into(),
+                        continue_token,
+                        version,
+                    };
+                }
+                Phase::Resume(version) => {
+                    let params = WatchParams::default().timeout(WATCH_SECONDS);
+                    match self.api.watch(&params, &version).await {
+                        Ok(events) => {
+                            self.phase = Phase::Watching {
+                                version,
+                                events: events.boxed(),
+                            };
+                        }
+                        Err(kube::Error::Api(status)) if status.code == 410 => {
+                            return Err(WatchError::Expired(version));
+                        }
+                        Err(err) => {
+                            self.phase = Phase::Resume(version);
+                            return Err(WatchError::Watch(err));
+                        }
+                    }
+                }
+                Phase::Watching {
+                    mut version,
+                    mut events,
+                } => match next(&mut events, WATCH_SECONDS).await {
+                    Some(Ok(WatchEvent::Added(account) | WatchEvent::Modified(account))) => {
+                        advance(&mut version, &account);
+                        self.phase = Phase::Watching { version, events };
+                        return Ok(Event::Apply(account));
+                    }
+                    Some(Ok(WatchEvent::Deleted(account))) => {
+                        advance(&mut version, &account);
+                        self.phase = Phase::Watching { version, events };
+                        return Ok(Event::Delete(account));
+                    }
+                    Some(Ok(WatchEvent::Bookmark(bookmark))) => {
+                        if !bookmark.metadata.resource_version.is_empty() {
+                            version = bookmark.metadata.resource_version;
+                        }
+                        self.phase = Phase::Watching { version, events };
+                    }
+                    Some(Ok(WatchEvent::Error(status))) if status.code == 410 => {
+                        return Err(WatchError::Expired(version));
+                    }
+                    Some(Ok(WatchEvent::Error(status))) => {
+                        self.phase = Phase::Resume(version);
+                        return Err(WatchError::Status(status));
+                    }
+                    Some(Err(err)) => {
+                        self.phase = Phase::Watching { version, events };
+                        return Err(WatchError::Watch(err));
+                    }
+                    None => {
+                        debug!(%version, "the account watch ended; watching again from where it was");
+                        self.phase = Phase::Resume(version);
+                    }
+                },
+            }
+        }
+    }
+}
+
+/// Whether the API server refused a streaming list as such (400 or 422), not for a
+/// passing reason: it will refuse every one.
+fn cannot_stream(status: &Status) -> bool {
+    matches!(status.code, 400 | 422)
+}
+
+/// The watch's version after `account`'s event.
+fn advance(version: &mut String, account: &WatchedAccount) {
+    match account.0.metadata.resource_version.as_deref() {
+        Some(v) if !v.is_empty() => v.clone_into(version),
+        _ => warn!("an account event without a resourceVersion; keeping the last one"),
+    }
+}
+
+/// The next event, or None when the watch ended or has been silent for longer than its
+/// timeout allows.
+async fn next(
+    events: &mut Events,
+    timeout_seconds: u32,
+) -> Option<kube::Result<WatchEvent<WatchedAccount>>> {
+    let idle = Duration::from_secs(u64::from(timeout_seconds)) + IDLE_MARGIN;
+    match tokio::time::timeout(idle, events.next()).await {
+        Ok(event) => event,
+        Err(_) => {
+            debug!(
+                seconds = idle.as_secs(),
+                "the account watch was silent; starting it again"
+            );
+            None
+        }
+    }
+}
