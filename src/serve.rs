@@ -70,6 +70,20 @@ pub struct ServeArgs {
     #[arg(long, env = "KUBE_ACME_DNS_WATCH_NAMESPACE")]
     pub watch_namespace: Option<String>,
 
+    /// How every AcmeDnsAccount is listed at start and after the API server lost the
+    /// watch's history: `whole` (one request, the least work for kube-apiserver; a list cut
+    /// off moves on to `stream`), `stream` (a watch that starts with every account, with no
+    /// time limit; refused by API servers without the WatchList feature, which move on to
+    /// `pages`) or `pages` (500 at a time; read from etcd when no account was written since
+    /// its last compaction).
+    #[arg(
+        long,
+        env = "KUBE_ACME_DNS_ACCOUNT_LIST",
+        value_enum,
+        default_value = "whole"
+    )]
+    pub account_list: watch::ListBy,
+
     #[command(flatten)]
     pub dns: DnsArgs,
 
@@ -394,14 +408,20 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         futures::future::Either::Right(std::future::pending())
     };
 
-    let (shared, watch) = watch::watch(accounts.clone(), index.clone(), &registry, {
-        let health = health.clone();
-        move |accounts| {
-            if !health.mark_synced() {
-                info!(accounts, "initial account sync complete; ready");
+    let (shared, watch) = watch::watch(
+        accounts.clone(),
+        args.account_list,
+        index.clone(),
+        &registry,
+        {
+            let health = health.clone();
+            move |accounts| {
+                if !health.mark_synced() {
+                    info!(accounts, "initial account sync complete; ready");
+                }
             }
-        }
-    })?;
+        },
+    )?;
 
     // Its own task, so it keeps feeding the index while the HTTP servers drain: a
     // Present in flight at shutdown still sees its write delivered.

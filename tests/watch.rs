@@ -1,6 +1,6 @@
 //! The account watch against real API servers: a second kube-apiserver on the local
-//! control plane's etcd, one without streaming lists, one that is killed while the store's
-//! history is compacted under it.
+//! control plane's etcd, one without streaming lists, and one that is killed while the
+//! store's history is compacted under it, for each way of listing.
 
 mod common;
 
@@ -84,7 +84,7 @@ fn lists(body: &str, by: &str) -> f64 {
 }
 
 #[tokio::test]
-async fn a_replica_lists_page_by_page_where_the_api_server_cannot_stream_lists() {
+async fn a_replica_lists_page_by_page_where_the_api_server_refuses_a_streaming_list() {
     let admin = common::client().await;
     common::install_crd(&admin).await;
     let namespace = common::create_namespace(&admin, "paged").await;
@@ -103,7 +103,12 @@ async fn a_replica_lists_page_by_page_where_the_api_server_cannot_stream_lists()
         kubeconfig,
         &namespace,
         &lease,
-        &["--leader-election-namespace", common::RELEASE_NAMESPACE],
+        &[
+            "--leader-election-namespace",
+            common::RELEASE_NAMESPACE,
+            "--account-list",
+            "stream",
+        ],
     );
     common::wait_ready(&serve).await;
     let body = metrics(&serve).await;
@@ -113,7 +118,11 @@ async fn a_replica_lists_page_by_page_where_the_api_server_cannot_stream_lists()
         "ready only with every page listed"
     );
     assert_eq!(lists(&body, "pages"), 1.0, "listed page by page once");
-    assert_eq!(lists(&body, "stream"), 0.0, "no streaming list was made");
+    assert_eq!(
+        lists(&body, "stream"),
+        0.0,
+        "the streaming list was refused"
+    );
 
     // The watch from the list's version goes on: new accounts and values are served.
     create_accounts(&accounts, std::iter::once("after".to_string())).await;
@@ -132,6 +141,15 @@ async fn a_replica_lists_page_by_page_where_the_api_server_cannot_stream_lists()
 
 #[tokio::test]
 async fn after_its_api_server_lost_the_history_a_replica_lists_again_and_drops_what_was_deleted() {
+    lists_again_after_the_history_is_lost("whole").await;
+}
+
+#[tokio::test]
+async fn with_streaming_lists_too_a_replica_lists_again_after_the_history_is_lost() {
+    lists_again_after_the_history_is_lost("stream").await;
+}
+
+async fn lists_again_after_the_history_is_lost(by: &str) {
     let admin = common::client().await;
     common::install_crd(&admin).await;
     let namespace = common::create_namespace(&admin, "expired").await;
@@ -145,14 +163,15 @@ async fn after_its_api_server_lost_the_history_a_replica_lists_again_and_drops_w
         kubeconfig,
         &namespace,
         &lease,
-        &["--leader-election-namespace", common::RELEASE_NAMESPACE],
+        &[
+            "--leader-election-namespace",
+            common::RELEASE_NAMESPACE,
+            "--account-list",
+            by,
+        ],
     );
     common::wait_ready(&serve).await;
-    assert_eq!(
-        lists(&metrics(&serve).await, "stream"),
-        1.0,
-        "one streaming list"
-    );
+    assert_eq!(lists(&metrics(&serve).await, by), 1.0, "one list, {by}");
     create_accounts(&accounts, ["kept", "gone"].map(String::from).into_iter()).await;
     let kept = assigned_fqdn(&accounts, "kept").await;
     let gone = assigned_fqdn(&accounts, "gone").await;
@@ -195,9 +214,9 @@ async fn after_its_api_server_lost_the_history_a_replica_lists_again_and_drops_w
     .await;
     let body = metrics(&serve).await;
     assert_eq!(
-        lists(&body, "stream"),
+        lists(&body, by),
         2.0,
-        "a second streaming list, after the watch expired"
+        "a second list ({by}), after the watch expired"
     );
     assert_eq!(common::metric(&body, "kube_acme_dns_accounts"), Some(1.0));
     assert!(

@@ -1,33 +1,40 @@
 //! The events of the account watch: a (re-)list, account by account, then every change.
 //!
-//! A list is made as a streaming list where the API server can: one watch that starts
-//! with every account and a bookmark marking the end, then goes on with changes. Where it
-//! cannot (the `WatchList` feature is off, or the server is older than Kubernetes 1.27),
-//! it is a list page by page, then a watch from the list's resourceVersion.
+//! A list is one request without a limit, decoded item by item as its body arrives, then
+//! a watch from its resourceVersion. Both are consistent reads that kube-apiserver serves
+//! from its watch cache (since Kubernetes 1.31), so a re-list is never older than an
+//! event already applied, even when it goes to another API server whose cache lags.
 //!
-//! Why not pages everywhere: a continued page is read at the first page's exact
-//! resourceVersion, which kube-apiserver's watch cache can only serve while it holds a
-//! snapshot at that version. It drops those at each etcd compaction (every 5 minutes), so
-//! on an API server where no account was written for a while, every page after the first
-//! is read from etcd and decoded again: several times the API server's CPU, and a replica
-//! with 100 000 accounts took a minute instead of 15 s to be ready. A streaming list is
-//! served from the watch cache whatever its age.
+//! Why not pages: a continued page is read at the first page's exact resourceVersion,
+//! which the watch cache can only serve while it holds a snapshot at that version. It
+//! drops those at each etcd compaction (every 5 minutes), so on an API server where no
+//! account was written for a while, every page after the first is read from etcd and
+//! decoded again: a replica with 100 000 accounts took 75 s instead of 15 s to be ready.
 //!
-//! Both lists are consistent reads (the resourceVersion is unset): a re-list is never
-//! older than an event already applied, even when it goes to another API server whose
-//! cache lags behind.
+//! Why not a streaming list (a watch that starts with every account) first: the API
+//! server spends about a third more CPU sending accounts as watch events than as one
+//! list, and that is most of a first sync. It is the second choice, taken when a whole
+//! list is cut off, which is what a list longer than the API server's request timeout
+//! (60 s by default) ends in: a watch has no such limit. An API server without streaming
+//! lists (the `WatchList` feature off, or older than Kubernetes 1.27) refuses one; then
+//! lists come page by page.
 
-use std::{collections::VecDeque, time::Duration};
+use std::{collections::VecDeque, pin::Pin, time::Duration};
 
-use futures::{Stream, StreamExt, stream::BoxStream};
+use futures::{AsyncBufRead, AsyncBufReadExt, Stream, StreamExt, stream::BoxStream};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ListMeta;
 use kube::{
     Api,
     api::{ListParams, WatchEvent, WatchParams},
     core::Status,
 };
+use tokio::time::Instant;
 use tracing::{debug, warn};
 
-use super::WatchedAccount;
+use super::{
+    WatchedAccount,
+    split::{ListSplitter, Piece},
+};
 
 /// Accounts per page of a paged (re-)list.
 pub const LIST_PAGE: u32 = 500;
@@ -66,29 +73,52 @@ pub enum WatchError {
     StreamCut,
     #[error("the API server sent a list without a resourceVersion; listing again")]
     NoResourceVersion,
+    #[error("the list of every AcmeDnsAccount was cut off; listing again")]
+    ListCut,
+    #[error("the API server sent a list that is not JSON ({0}); listing again")]
+    Malformed(#[source] super::split::Unbalanced),
+    #[error("an AcmeDnsAccount could not be decoded, and is not served: {0}")]
+    Undecodable(#[source] serde_json::Error),
 }
 
 /// How a (re-)list is made.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ListBy {
+    /// One list request without a limit, decoded item by item as it arrives.
+    Whole,
+    /// A streaming list.
     Stream,
+    /// A list page by page.
     Pages,
 }
 
 impl ListBy {
     pub fn as_str(self) -> &'static str {
         match self {
+            Self::Whole => "whole",
             Self::Stream => "stream",
             Self::Pages => "pages",
         }
     }
 }
 
+/// A whole list that sends nothing for this long is taken for lost, and started again.
+const LIST_IDLE: Duration = Duration::from_secs(90);
+
 type Events = BoxStream<'static, kube::Result<WatchEvent<WatchedAccount>>>;
 
 enum Phase {
     /// Nothing to watch from: (re-)list.
     List,
+    /// A whole list arriving: what has been decoded of it, and its version once read.
+    Whole {
+        body: Pin<Box<dyn AsyncBufRead + Send>>,
+        splitter: ListSplitter,
+        decoded: VecDeque<WatchedAccount>,
+        version: Option<String>,
+        started: Instant,
+        listed: usize,
+    },
     /// A streaming list: every account, then the bookmark that ends them.
     Streaming(Events),
     /// A list page by page. `version` is the first page's, once it came.
@@ -131,10 +161,10 @@ struct Watch {
 /// Every account and then every change, for as long as it is polled. Errors are items:
 /// the stream goes on after each, from where it was when it can, with a new list when
 /// it cannot.
-pub fn events(api: Api<WatchedAccount>) -> impl Stream<Item = Step> + Send {
+pub fn events(api: Api<WatchedAccount>, by: ListBy) -> impl Stream<Item = Step> + Send {
     let watch = Watch {
         api,
-        by: ListBy::Stream,
+        by,
         phase: Phase::List,
     };
     futures::stream::unfold(watch, |mut watch| async move {
@@ -149,6 +179,25 @@ impl Watch {
             let phase = std::mem::replace(&mut self.phase, Phase::List);
             match phase {
                 Phase::List => match self.by {
+                    ListBy::Whole => {
+                        let request = kube::core::Request::new(self.api.resource_url())
+                            .list(&ListParams::default())
+                            .map_err(|err| WatchError::List(kube::Error::BuildRequest(err)))?;
+                        let client = self.api.clone().into_client();
+                        let body = client
+                            .request_stream(request)
+                            .await
+                            .map_err(WatchError::List)?;
+                        self.phase = Phase::Whole {
+                            body: Box::pin(body),
+                            splitter: ListSplitter::default(),
+                            decoded: VecDeque::new(),
+                            version: None,
+                            started: Instant::now(),
+                            listed: 0,
+                        };
+                        return Ok(Event::Init);
+                    }
                     ListBy::Stream => {
                         let params = WatchParams::default()
                             .initial_events()
@@ -162,7 +211,7 @@ impl Watch {
                             Err(kube::Error::Api(status)) if cannot_stream(&status) => {
                                 warn!(
                                     reason = %status,
-                                    "this API server cannot stream lists (the WatchList feature, on by default since Kubernetes 1.32); listing AcmeDnsAccounts page by page, which costs the API server more CPU when its cache is older than the last etcd compaction"
+                                    "this API server cannot stream lists (the WatchList feature, on by default since Kubernetes 1.32); listing AcmeDnsAccounts page by page from now on"
                                 );
                                 self.by = ListBy::Pages;
                             }
@@ -213,6 +262,85 @@ impl Watch {
                             return Err(WatchError::Watch(err));
                         }
                         None => return Err(WatchError::StreamCut),
+                    }
+                }
+                Phase::Whole {
+                    mut body,
+                    mut splitter,
+                    mut decoded,
+                    mut version,
+                    started,
+                    mut listed,
+                } => {
+                    if let Some(account) = decoded.pop_front() {
+                        listed += 1;
+                        self.phase = Phase::Whole {
+                            body,
+                            splitter,
+                            decoded,
+                            version,
+                            started,
+                            listed,
+                        };
+                        return Ok(Event::InitApply(account));
+                    }
+                    if splitter.is_complete() {
+                        let version = version.ok_or(WatchError::NoResourceVersion)?;
+                        self.phase = Phase::Resume(version);
+                        return Ok(Event::InitDone(ListBy::Whole));
+                    }
+                    let cut = match tokio::time::timeout(LIST_IDLE, body.as_mut().fill_buf()).await
+                    {
+                        Ok(Ok([])) => Some("it ended early".to_string()),
+                        Ok(Ok(chunk)) => {
+                            let read = chunk.len();
+                            let mut bad = None;
+                            splitter
+                                .feed(chunk, |piece| match piece {
+                                    Piece::Item(item) => {
+                                        match serde_json::from_slice::<WatchedAccount>(item) {
+                                            Ok(account) => decoded.push_back(account),
+                                            Err(err) => bad = Some(err),
+                                        }
+                                    }
+                                    Piece::Metadata(meta) => {
+                                        version = serde_json::from_slice::<ListMeta>(meta)
+                                            .ok()
+                                            .and_then(|m| m.resource_version)
+                                            .filter(|v| !v.is_empty());
+                                    }
+                                })
+                                .map_err(WatchError::Malformed)?;
+                            body.as_mut().consume(read);
+                            self.phase = Phase::Whole {
+                                body,
+                                splitter,
+                                decoded,
+                                version,
+                                started,
+                                listed,
+                            };
+                            // The others are applied; the account that cannot be decoded
+                            // is left out, as the API server could not have served it.
+                            if let Some(err) = bad {
+                                return Err(WatchError::Undecodable(err));
+                            }
+                            None
+                        }
+                        Ok(Err(err)) => Some(err.to_string()),
+                        Err(_) => Some(format!("nothing came for {} s", LIST_IDLE.as_secs())),
+                    };
+                    if let Some(why) = cut {
+                        // Perhaps more accounts than the API server sends within its
+                        // request timeout (60 s by default): a streaming list has none.
+                        warn!(
+                            listed,
+                            seconds = started.elapsed().as_secs(),
+                            why,
+                            "the list of every AcmeDnsAccount was cut off; listing with a streaming list from now on, which the API server does not time out"
+                        );
+                        self.by = ListBy::Stream;
+                        return Err(WatchError::ListCut);
                     }
                 }
                 Phase::Paging {

@@ -30,9 +30,11 @@ use crate::{
 };
 
 mod events;
+mod split;
 
+use events::Event;
 pub use events::LIST_PAGE;
-use events::{Event, ListBy};
+pub use events::ListBy;
 
 /// Changed accounts queued for a slow controller before it is told to re-read them all.
 const CHANGES_BUFFERED: usize = 1024;
@@ -205,6 +207,7 @@ impl SharedAccounts {
 /// `on_synced` is called after each complete (re-)list.
 pub fn watch<F: Fn(usize) + Send + 'static>(
     accounts: Api<WatchedAccount>,
+    list_by: ListBy,
     index: Arc<AccountIndex>,
     registry: &Registry,
     on_synced: F,
@@ -218,14 +221,14 @@ pub fn watch<F: Fn(usize) + Send + 'static>(
     let lists = IntCounterVec::new(
         Opts::new(
             "kube_acme_dns_account_lists_total",
-            "Complete (re-)lists of every AcmeDnsAccount, by how they were made: one streaming list, or page by page where the API server cannot stream",
+            "Complete (re-)lists of every AcmeDnsAccount, by how they were made: whole (one request), stream (a streaming list) or pages",
         ),
         &["by"],
     )?;
     registry.register(Box::new(lists.clone()))?;
     // Nobody reads the field managers or the annotations (where `kubectl apply` keeps a
     // whole copy of the object): `WatchedAccount` does not decode them.
-    let events = events::events(accounts).backoff(WatchBackoff::new());
+    let events = events::events(accounts, list_by).backoff(WatchBackoff::new());
     let run = feed(events, changes, index, move |listed, by| {
         lists.with_label_values(&[by.as_str()]).inc();
         synced_tx.send_replace(true);
