@@ -321,7 +321,7 @@ impl Watch {
                                 listed,
                             };
                             // The others are applied; the account that cannot be decoded
-                            // is left out, as the API server could not have served it.
+                            // is left out of this list, and the list goes on.
                             if let Some(err) = bad {
                                 return Err(WatchError::Undecodable(err));
                             }
