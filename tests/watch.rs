@@ -83,6 +83,24 @@ fn lists(body: &str, by: &str) -> f64 {
     .unwrap_or(0.0)
 }
 
+/// Starts `serve` as the chart's ServiceAccount through `server`, watching `namespace`,
+/// listing the way `by` says first.
+fn spawn_through(server: &ApiServer, namespace: &str, by: &str) -> common::Serve {
+    let kubeconfig = server.kubeconfig(&common::chart_identity_kubeconfig());
+    let lease = common::unique_name(by);
+    common::spawn_serve_as(
+        kubeconfig,
+        namespace,
+        &lease,
+        &[
+            "--leader-election-namespace",
+            common::RELEASE_NAMESPACE,
+            "--account-list",
+            by,
+        ],
+    )
+}
+
 #[tokio::test]
 async fn a_replica_lists_page_by_page_where_the_api_server_refuses_a_streaming_list() {
     let admin = common::client().await;
@@ -97,19 +115,7 @@ async fn a_replica_lists_page_by_page_where_the_api_server_refuses_a_streaming_l
 
     // An API server as one before Kubernetes 1.32, or with the feature turned off.
     let server = ApiServer::start("no-watchlist", &["--feature-gates=WatchList=false"]);
-    let kubeconfig = server.kubeconfig(&common::chart_identity_kubeconfig());
-    let lease = common::unique_name("paged");
-    let serve = common::spawn_serve_as(
-        kubeconfig,
-        &namespace,
-        &lease,
-        &[
-            "--leader-election-namespace",
-            common::RELEASE_NAMESPACE,
-            "--account-list",
-            "stream",
-        ],
-    );
+    let serve = spawn_through(&server, &namespace, "stream");
     common::wait_ready(&serve).await;
     let body = metrics(&serve).await;
     assert_eq!(
@@ -157,19 +163,7 @@ async fn lists_again_after_the_history_is_lost(by: &str) {
 
     // The replica's own API server; the test writes through the first.
     let mut server = ApiServer::start("expired", &[]);
-    let kubeconfig = server.kubeconfig(&common::chart_identity_kubeconfig());
-    let lease = common::unique_name("expired");
-    let mut serve = common::spawn_serve_as(
-        kubeconfig,
-        &namespace,
-        &lease,
-        &[
-            "--leader-election-namespace",
-            common::RELEASE_NAMESPACE,
-            "--account-list",
-            by,
-        ],
-    );
+    let mut serve = spawn_through(&server, &namespace, by);
     common::wait_ready(&serve).await;
     assert_eq!(lists(&metrics(&serve).await, by), 1.0, "one list, {by}");
     create_accounts(&accounts, ["kept", "gone"].map(String::from).into_iter()).await;

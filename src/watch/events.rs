@@ -110,15 +110,8 @@ type Events = BoxStream<'static, kube::Result<WatchEvent<WatchedAccount>>>;
 enum Phase {
     /// Nothing to watch from: (re-)list.
     List,
-    /// A whole list arriving: what has been decoded of it, and its version once read.
-    Whole {
-        body: Pin<Box<dyn AsyncBufRead + Send>>,
-        splitter: ListSplitter,
-        decoded: VecDeque<WatchedAccount>,
-        version: Option<String>,
-        started: Instant,
-        listed: usize,
-    },
+    /// A whole list arriving.
+    Whole(Box<WholeList>),
     /// A streaming list: every account, then the bookmark that ends them.
     Streaming(Events),
     /// A list page by page. `version` is the first page's, once it came.
@@ -133,6 +126,16 @@ enum Phase {
         version: String,
         events: Events,
     },
+}
+
+/// A whole list as it arrives: what has been decoded of it, and its version once read.
+struct WholeList {
+    body: Pin<Box<dyn AsyncBufRead + Send>>,
+    splitter: ListSplitter,
+    decoded: VecDeque<WatchedAccount>,
+    version: Option<String>,
+    started: Instant,
+    listed: usize,
 }
 
 /// What the watch reports, in order.
@@ -188,14 +191,14 @@ impl Watch {
                             .request_stream(request)
                             .await
                             .map_err(WatchError::List)?;
-                        self.phase = Phase::Whole {
+                        self.phase = Phase::Whole(Box::new(WholeList {
                             body: Box::pin(body),
                             splitter: ListSplitter::default(),
                             decoded: VecDeque::new(),
                             version: None,
                             started: Instant::now(),
                             listed: 0,
-                        };
+                        }));
                         return Ok(Event::Init);
                     }
                     ListBy::Stream => {
@@ -264,34 +267,27 @@ impl Watch {
                         None => return Err(WatchError::StreamCut),
                     }
                 }
-                Phase::Whole {
-                    mut body,
-                    mut splitter,
-                    mut decoded,
-                    mut version,
-                    started,
-                    mut listed,
-                } => {
-                    if let Some(account) = decoded.pop_front() {
-                        listed += 1;
-                        self.phase = Phase::Whole {
-                            body,
-                            splitter,
-                            decoded,
-                            version,
-                            started,
-                            listed,
-                        };
+                Phase::Whole(mut list) => {
+                    if let Some(account) = list.decoded.pop_front() {
+                        list.listed += 1;
+                        self.phase = Phase::Whole(list);
                         return Ok(Event::InitApply(account));
                     }
-                    if splitter.is_complete() {
-                        let version = version.ok_or(WatchError::NoResourceVersion)?;
+                    if list.splitter.is_complete() {
+                        let version = list.version.ok_or(WatchError::NoResourceVersion)?;
                         self.phase = Phase::Resume(version);
                         return Ok(Event::InitDone(ListBy::Whole));
                     }
-                    let cut = match tokio::time::timeout(LIST_IDLE, body.as_mut().fill_buf()).await
+                    let WholeList {
+                        body,
+                        splitter,
+                        decoded,
+                        version,
+                        ..
+                    } = &mut *list;
+                    let why = match tokio::time::timeout(LIST_IDLE, body.as_mut().fill_buf()).await
                     {
-                        Ok(Ok([])) => Some("it ended early".to_string()),
+                        Ok(Ok([])) => "it ended early".to_string(),
                         Ok(Ok(chunk)) => {
                             let read = chunk.len();
                             let mut bad = None;
@@ -304,7 +300,7 @@ impl Watch {
                                         }
                                     }
                                     Piece::Metadata(meta) => {
-                                        version = serde_json::from_slice::<ListMeta>(meta)
+                                        *version = serde_json::from_slice::<ListMeta>(meta)
                                             .ok()
                                             .and_then(|m| m.resource_version)
                                             .filter(|v| !v.is_empty());
@@ -312,36 +308,27 @@ impl Watch {
                                 })
                                 .map_err(WatchError::Malformed)?;
                             body.as_mut().consume(read);
-                            self.phase = Phase::Whole {
-                                body,
-                                splitter,
-                                decoded,
-                                version,
-                                started,
-                                listed,
-                            };
+                            self.phase = Phase::Whole(list);
                             // The others are applied; the account that cannot be decoded
                             // is left out of this list, and the list goes on.
                             if let Some(err) = bad {
                                 return Err(WatchError::Undecodable(err));
                             }
-                            None
+                            continue;
                         }
-                        Ok(Err(err)) => Some(err.to_string()),
-                        Err(_) => Some(format!("nothing came for {} s", LIST_IDLE.as_secs())),
+                        Ok(Err(err)) => err.to_string(),
+                        Err(_) => format!("nothing came for {} s", LIST_IDLE.as_secs()),
                     };
-                    if let Some(why) = cut {
-                        // Perhaps more accounts than the API server sends within its
-                        // request timeout (60 s by default): a streaming list has none.
-                        warn!(
-                            listed,
-                            seconds = started.elapsed().as_secs(),
-                            why,
-                            "the list of every AcmeDnsAccount was cut off; listing with a streaming list from now on, which the API server does not time out"
-                        );
-                        self.by = ListBy::Stream;
-                        return Err(WatchError::ListCut);
-                    }
+                    // Perhaps more accounts than the API server sends within its request
+                    // timeout (60 s by default): a streaming list has none.
+                    warn!(
+                        listed = list.listed,
+                        seconds = list.started.elapsed().as_secs(),
+                        why,
+                        "the list of every AcmeDnsAccount was cut off; listing with a streaming list from now on, which the API server does not time out"
+                    );
+                    self.by = ListBy::Stream;
+                    return Err(WatchError::ListCut);
                 }
                 Phase::Paging {
                     mut page,
